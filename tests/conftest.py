@@ -1,0 +1,54 @@
+"""Fixtures shared by the whole suite: one local Ray cluster and one tiny pipeline folder per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def test_output_dir() -> Path:
+    """Artifacts a person may want to look at after a run (screenshots, mp4s)."""
+    out = REPO_ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A complete tiny random diffusers-format Helios pipeline folder, built once per test session."""
+    from helios.pipeline.tiny import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-helios"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one local Ray cluster of the test session (DEVELOPERS rules: 4 CPUs, 256 MiB store)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            object_store_memory=256 * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}},
+        )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - best effort at teardown
+        pass
+    ray.shutdown()
