@@ -1,0 +1,300 @@
+"""asyncio Python client: the same API as `helios.client.sync`, with `await` and `async for`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+
+from helios.client import wire
+from helios.client.errors import HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
+from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
+from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES
+from helios.client.types import Ack, Chunk, Message, SessionInfo
+from helios.client.video import Mp4Writer
+
+log = logging.getLogger(__name__)
+
+
+class AsyncHeliosClient:
+    """asyncio twin of `HeliosClient` (`async with AsyncHeliosClient(url, key) as c: ...`)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = wire.normalize_base_url(base_url or os.environ.get("HELIOS_URL") or DEFAULT_URL)
+        self.api_key = api_key if api_key is not None else os.environ.get("HELIOS_API_KEY")
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=wire.auth_headers(self.api_key),
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+        )
+        self._models: Any = None
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        resp = await self._http.request(method, path, **kw)
+        wire.raise_for_status(resp)
+        return resp
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncHeliosClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        return (await self.request("GET", "/healthz")).json()
+
+    async def models(self) -> Any:
+        if self._models is None:
+            self._models = (await self.request("GET", "/v1/models")).json()
+        return self._models
+
+    async def model_size(self, model: str | None) -> tuple[int, int]:
+        try:
+            return wire.pick_resolution(await self.models(), model) or DEFAULT_SIZE
+        except HeliosError:
+            return DEFAULT_SIZE
+
+    async def create_session(
+        self,
+        model: str | None = None,
+        *,
+        seed: int | None = None,
+        wait: bool = True,
+        on_queue: wire.QueueCallback | None = None,
+        timeout: float | None = None,
+    ) -> "AsyncHeliosSession":
+        body: dict[str, Any] = {}
+        if model is not None:
+            body["model"] = model
+        if seed is not None:
+            body["seed"] = int(seed)
+        resp = await self.request("POST", "/v1/sessions", json=body)
+        session = AsyncHeliosSession(self, SessionInfo.model_validate(resp.json()))
+        if session.info.status == "queued" and wait:
+            await session.wait_active(on_queue=on_queue, timeout=timeout,
+                                      poll_s=wire.parse_retry_after(resp.headers, 1.0) or 1.0)
+        return session
+
+    def session(self, session_id: str, *, token: str | None = None) -> "AsyncHeliosSession":
+        info = SessionInfo(session_id=session_id, status="unknown", viewer_token=token)
+        return AsyncHeliosSession(self, info, token=token)
+
+    async def get_session(self, session_id: str, *, token: str | None = None) -> SessionInfo:
+        params = {"token": token} if token else None
+        resp = await self.request("GET", f"/v1/sessions/{session_id}", params=params)
+        return SessionInfo.model_validate(resp.json())
+
+    async def delete_session(self, session_id: str) -> SessionInfo:
+        return SessionInfo.model_validate((await self.request("DELETE", f"/v1/sessions/{session_id}")).json())
+
+
+class AsyncHeliosSession:
+    """asyncio twin of `HeliosSession`."""
+
+    def __init__(self, client: AsyncHeliosClient, info: SessionInfo, *, token: str | None = None) -> None:
+        self.client = client
+        self.info = info
+        self.id = info.session_id
+        self._token = token
+        self.last_seq: int | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncHeliosSession(id={self.id!r}, status={self.info.status!r})"
+
+    @property
+    def viewer_token(self) -> str | None:
+        return self.info.viewer_token
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/sessions/{self.id}{suffix}"
+
+    async def refresh(self) -> SessionInfo:
+        fresh = await self.client.get_session(self.id, token=self._token)
+        keep = {"viewer_token": self.info.viewer_token, "urls": self.info.urls}
+        self.info = fresh.model_copy(update={k: v for k, v in keep.items() if v and not getattr(fresh, k)})
+        return self.info
+
+    async def wait_active(self, *, on_queue: wire.QueueCallback | None = None, timeout: float | None = None,
+                          poll_s: float = 1.0) -> SessionInfo:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.info.status == "active":
+                return self.info
+            if self.info.status == "ended":
+                raise HeliosSessionEnded(self.info.end_reason)
+            if on_queue is not None:
+                on_queue(self.info.position)
+            if deadline is not None and time.monotonic() + poll_s > deadline:
+                raise HeliosTimeout(f"session {self.id} still queued (position {self.info.position}) after {timeout}s")
+            await asyncio.sleep(min(max(poll_s, 0.1), MAX_POLL_S))  # polling interval
+            await self.refresh()
+
+    async def delete(self) -> SessionInfo:
+        self.info = await self.client.delete_session(self.id)
+        return self.info
+
+    async def __aenter__(self) -> "AsyncHeliosSession":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.delete()
+        except HeliosNotFoundError:
+            pass
+
+    async def command(self, command: str, args: dict[str, Any] | None = None, *, id: str | None = None) -> Ack:
+        body = wire.command_body(command, args, id)
+        resp = await self.client._http.post(self._path("/commands"), json=body)
+        return wire.parse_ack(command, resp)
+
+    async def set_prompt(self, prompt: str) -> Ack:
+        return await self.command("set_prompt", {"prompt": prompt})
+
+    async def schedule_prompt(self, prompt: str, chunk: int) -> Ack:
+        return await self.command("schedule_prompt", {"prompt": prompt, "chunk": chunk})
+
+    async def set_image(self, image: ImageSource, transition: str = "cut", *, max_bytes: int = 64 * 1024) -> Ack:
+        if transition not in ("cut", "blend"):
+            raise ValueError(f"transition: expected 'cut' or 'blend', got {transition!r}")
+        size = await self.client.model_size(self.info.model)
+        b64 = await asyncio.to_thread(prepare_image, image, size, max_bytes)
+        return await self.command("set_image", {"image_b64": b64, "transition": transition})
+
+    async def start(self) -> Ack:
+        return await self.command("start")
+
+    async def pause(self) -> Ack:
+        return await self.command("pause")
+
+    async def resume(self) -> Ack:
+        return await self.command("resume")
+
+    async def reset(self) -> Ack:
+        return await self.command("reset")
+
+    async def set_seed(self, seed: int) -> Ack:
+        return await self.command("set_seed", {"seed": seed})
+
+    async def get_state(self) -> dict[str, Any]:
+        result = (await self.command("get_state")).result
+        if isinstance(result, dict) and "data" in result and result.get("type") == "state":
+            return result["data"]
+        return result if isinstance(result, dict) else {}
+
+    async def messages(self, *, after: int | None = None, reconnect: bool = True,
+                       timeout: float | None = None) -> AsyncIterator[Message]:
+        """Async-iterate protocol messages until `session_ended`, resuming after drops."""
+        parser = wire.SSEParser(self.last_seq if after is None else (None if after < 0 else after))
+        failures = 0
+        while True:
+            params, headers = wire.events_params(parser.last_seq, self._token)
+            got_any = False
+            try:
+                async with self.client._http.stream(
+                    "GET", self._path("/events"), params=params, headers=headers,
+                    timeout=httpx.Timeout(self.client.timeout, read=timeout),
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                    wire.raise_for_status(resp)
+                    async for line in resp.aiter_lines():
+                        msg = parser.feed(line)
+                        if msg is None:
+                            continue
+                        got_any = True
+                        self.last_seq = parser.last_seq
+                        yield msg
+                        if msg.event == "session_ended":
+                            return
+            except httpx.ReadTimeout:
+                raise HeliosTimeout(f"no message from session {self.id} for {timeout}s") from None
+            except httpx.TransportError as exc:
+                if not reconnect:
+                    raise HeliosError(f"message stream of session {self.id} dropped: {exc}") from exc
+                log.info("message stream dropped (%s); resuming after seq %s", exc, parser.last_seq)
+            if not reconnect:
+                return
+            failures = 0 if got_any else failures + 1
+            if failures >= RECONNECT_TRIES:
+                raise HeliosError(f"message stream of session {self.id} keeps closing; gave up after {failures} tries")
+            await asyncio.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+
+    async def wait_for(self, predicate: Callable[[Message], bool], *, timeout: float = 60.0) -> Message:
+        try:
+            async with asyncio.timeout(timeout):
+                async for msg in self.messages():
+                    if predicate(msg):
+                        return msg
+                    if msg.event == "session_ended":
+                        raise HeliosSessionEnded(msg.data.get("reason"))
+        except TimeoutError:
+            pass
+        raise HeliosTimeout(f"session {self.id}: condition not met within {timeout}s")
+
+    async def frames(self, *, from_chunk: int | None = 0, reconnect: bool = True,
+                     timeout: float | None = None) -> AsyncIterator[Chunk]:
+        """Async-iterate decoded frames (msgpack stream), reopening a dropped stream."""
+        decoder = wire.FrameDecoder()
+        start = from_chunk
+        failures = 0
+        while True:
+            got_any = False
+            try:
+                async with self.client._http.stream(
+                    "GET", self._path("/stream"), params=wire.stream_params("msgpack", start, self._token),
+                    timeout=httpx.Timeout(self.client.timeout, read=timeout),
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                    wire.raise_for_status(resp)
+                    async for data in resp.aiter_bytes():
+                        for chunk in decoder.feed(data):
+                            got_any = True
+                            yield chunk
+                        if decoder.ended:
+                            return
+            except httpx.ReadTimeout:
+                raise HeliosTimeout(f"no frames from session {self.id} for {timeout}s") from None
+            except httpx.TransportError as exc:
+                if not reconnect:
+                    raise HeliosError(f"frame stream of session {self.id} dropped: {exc}") from exc
+                log.info("frame stream dropped (%s); resuming at chunk %s", exc, decoder.last_chunk)
+            if not reconnect:
+                return
+            failures = 0 if got_any else failures + 1
+            if failures >= RECONNECT_TRIES:
+                raise HeliosError(f"frame stream of session {self.id} keeps closing; gave up after {failures} tries")
+            resumed = decoder.resume_from()
+            start = resumed if resumed is not None else start
+            await asyncio.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+
+    async def save_mp4(self, path: str | Path, *, chunks: int | None = None, from_chunk: int | None = 0,
+                       on_chunk: Callable[[Chunk], None] | None = None, timeout: float | None = None,
+                       frames_per_chunk: int = 33) -> int:
+        complete = 0
+        with Mp4Writer(path) as writer:
+            async for chunk in self.frames(from_chunk=from_chunk, timeout=timeout):
+                writer.write(chunk.frames, chunk.fps)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                complete += wire.ends_chunk(chunk, frames_per_chunk)
+                if chunks is not None and complete >= chunks:
+                    break
+            return writer.frames_written
