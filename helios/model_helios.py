@@ -1,0 +1,281 @@
+"""`HeliosModel`: the Helios session protocol (DESIGN section 6) on any `StreamEngine`.
+
+All protocol semantics live here; the engine only generates. Commands change model state
+under the session lock and never touch the engine; the generation loop reads that state
+at chunk boundaries and is the only caller of the engine (so a Ray proxy driving a TP
+shard group sees one caller, in order).
+
+Terms (also in docs/runtime.md):
+- `current_chunk`: the index (since the last reset) of the chunk being generated, or, when
+  no generation is in flight, of the next chunk to generate = chunks completed since reset.
+- `current_frame`: frames generated since the last reset (= the first frame index of the
+  chunk after the last completed one).
+- a prompt command targets the first chunk whose generation has not begun: chunk 0 before
+  start; `current_chunk` while paused or between chunks; `current_chunk + 1` while a chunk
+  is being generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from helios.pipeline.engine import StreamEngine
+from helios.pipeline.image import DEFAULT_MAX_IMAGE_BYTES, decode_image_b64, resize_image
+from helios.runtime import VideoModel, command, get_ctx
+from helios.runtime.context import SessionContext
+from helios.runtime.messages import event_message, state_message
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
+
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text prompt")]
+ChunkIndex = Annotated[int, Field(ge=0, le=10**9, description="Chunk index (0-based, since the last reset)")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Noise seed")]
+
+
+@dataclass
+class _Plan:
+    """What the generation loop applies to the engine before one chunk (read under the lock)."""
+
+    chunk: int
+    epoch: int
+    reset_seed: int | None = None
+    seed: int | None = None
+    image: tuple[np.ndarray | None, str] | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class HeliosModel(VideoModel):
+    """The Helios protocol: prompts scheduled per chunk, reference image, start/pause/resume/reset, seed."""
+
+    def __init__(self, engine: StreamEngine, *, seed: int = 0, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+        self.engine = engine
+        self.fps = float(engine.fps)
+        self.max_image_bytes = max_image_bytes
+        self._ctx: SessionContext | None = None
+        self._started = False
+        self._paused = False
+        self._generating = False
+        self._chunk = 0
+        self._frames = 0
+        self._scheduled: dict[int, str] = {}
+        self._current_prompt: str | None = None
+        self._engine_prompt: str | None = None
+        self._seed = int(seed)
+        self._seed_pending = False
+        self._image: np.ndarray | None = None
+        self._image_pending: str | None = None  # transition to apply at the next chunk
+        self._epoch = 0
+
+    # --- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        ctx = self._context()
+        return {
+            "running": self._started,
+            "current_frame": self._frames,
+            "current_chunk": self._chunk,
+            "current_prompt": self._current_prompt,
+            "paused": self._paused,
+            "scheduled_prompts": {str(k): v for k, v in sorted(self._scheduled.items())},
+            "seed": self._seed,
+            "effective_fps": ctx.effective_fps() if ctx is not None else 0.0,
+        }
+
+    def _context(self) -> SessionContext | None:
+        try:
+            return get_ctx()
+        except RuntimeError:
+            return self._ctx
+
+    def _send(self, message: dict[str, Any]) -> None:
+        get_ctx().send(message)
+
+    def _send_state(self) -> None:
+        self._send(state_message(self.state()))
+
+    def _next_open_chunk(self) -> int:
+        """The first chunk whose generation has not begun."""
+        return self._chunk + 1 if self._generating else self._chunk
+
+    # --- commands ------------------------------------------------------------------------
+    @command("set_prompt")
+    def set_prompt(self, prompt: Prompt) -> None:
+        """Use `prompt` from the next chunk to generate (chunk 0 before start, the current chunk while paused)."""
+        self._schedule(_clean_prompt(prompt), self._next_open_chunk())
+
+    @command("schedule_prompt")
+    def schedule_prompt(self, prompt: Prompt, chunk: ChunkIndex) -> None:
+        """Use `prompt` from chunk `chunk` on; replaces an earlier entry for that chunk; past chunks are refused."""
+        first = self._next_open_chunk()
+        if chunk < first:
+            raise ValueError(
+                f"chunk: {chunk} is in the past; the next chunk to generate is {first}"
+            )
+        self._schedule(_clean_prompt(prompt), chunk)
+
+    def _schedule(self, prompt: str, chunk: int) -> None:
+        self._scheduled[chunk] = prompt
+        self._send(event_message("prompt_scheduled", chunk=chunk, prompt=prompt))
+        self._send_state()
+
+    @command("set_image")
+    def set_image(
+        self,
+        image_b64: Annotated[str, Field(description="Base64 image (PNG/JPEG/WebP) or a data: URL")],
+        transition: Literal["cut", "blend"] = "cut",
+    ) -> None:
+        """Condition the stream on a reference image (resized to the model resolution) from the next chunk."""
+        image = decode_image_b64(image_b64, max_bytes=self.max_image_bytes)
+        image = resize_image(image, self.engine.width, self.engine.height)
+        self._image = image
+        self._image_pending = transition
+        self._send(event_message("image_set", width=int(image.shape[1]), height=int(image.shape[0])))
+
+    @command("start")
+    def start(self) -> None:
+        """Start generating; needs a prompt at chunk 0."""
+        if self._started:
+            raise ValueError("already started; use pause/resume, or reset to start over")
+        prompt = self._scheduled.pop(0, None)
+        if prompt is None:
+            raise ValueError("no prompt at chunk 0; send set_prompt (or schedule_prompt with chunk 0) first")
+        self._started = True
+        self._paused = False
+        self._current_prompt = prompt
+        self._send(event_message("generation_started", prompt=prompt))
+        self._send_state()
+
+    @command("pause")
+    def pause(self) -> None:
+        """Stop after the chunk being generated; history is kept for resume."""
+        if not self._started:
+            raise ValueError("generation has not started")
+        if self._paused:
+            raise ValueError("already paused")
+        self._paused = True
+        self._send_state()
+
+    @command("resume")
+    def resume(self) -> None:
+        """Continue a paused stream from where it stopped."""
+        if not self._started:
+            raise ValueError("generation has not started")
+        if not self._paused:
+            raise ValueError("not paused")
+        self._paused = False
+        self._send_state()
+
+    @command("reset")
+    def reset(self) -> None:
+        """Stop and forget everything but the seed: history, prompts, image; the next start is chunk 0."""
+        frame, chunk = self._frames, self._chunk
+        self._epoch += 1
+        self._started = False
+        self._paused = False
+        self._chunk = 0
+        self._frames = 0
+        self._scheduled.clear()
+        self._current_prompt = None
+        self._image = None
+        self._image_pending = None
+        self._seed_pending = False
+        self._send(event_message("generation_reset", frame=frame, chunk=chunk))
+        self._send_state()
+
+    @command("set_seed")
+    def set_seed(self, seed: Seed) -> None:
+        """Draw noise with `seed` from the next chunk on, keeping history (no reset)."""
+        self._seed = seed
+        self._seed_pending = True
+        self._send(event_message("seed_set", seed=seed))
+
+    # --- generation loop ------------------------------------------------------------------
+    def start_session(self) -> None:
+        ctx = get_ctx()
+        self._ctx = ctx
+        while not ctx.should_stop():
+            with ctx.lock:
+                if not ctx.wait_for(lambda: self._started and not self._paused):
+                    return
+                plan = self._plan_chunk()
+                for message in plan.messages:
+                    ctx.send(message)
+            self._apply(plan)
+            t0 = time.perf_counter()
+            result = self.engine.next_chunk()
+            gen_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+            with ctx.lock:
+                self._generating = False
+                ctx.notify()
+                if plan.epoch != self._epoch:
+                    continue  # reset while generating: this chunk belongs to the old stream
+                if result.chunk != plan.chunk:
+                    log.warning("engine produced chunk %d, the protocol expected %d", result.chunk, plan.chunk)
+                n = int(result.frames.shape[0])
+                self._chunk += 1
+                self._frames += n
+                ctx.send(event_message("chunk_complete", chunk=plan.chunk, frames=n, prompt=result.prompt, gen_ms=gen_ms))
+                self._send_state()
+            ctx.emit_block(result.frames, chunk=plan.chunk, prompt=result.prompt, seed=result.seed)
+
+    def _plan_chunk(self) -> _Plan:
+        """Decide (under the lock) what the next chunk uses, and mark it in generation."""
+        n = self._chunk
+        plan = _Plan(chunk=n, epoch=self._epoch)
+        due = [k for k in self._scheduled if k <= n]
+        if due:
+            prompt = self._scheduled[max(due)]
+            for k in due:
+                del self._scheduled[k]
+            if prompt != self._current_prompt:
+                self._current_prompt = prompt
+                plan.messages.append(event_message("prompt_switched", new_prompt=prompt))
+        if n == 0:
+            # A fresh stream: the engine forgets any previous one, and gets image and prompt anew.
+            plan.reset_seed = self._seed
+            self._seed_pending = False
+            self._engine_prompt = None
+            if self._image is not None:
+                plan.image = (self._image, "cut")
+            self._image_pending = None
+        else:
+            if self._seed_pending:
+                plan.seed = self._seed
+                self._seed_pending = False
+            if self._image_pending is not None:
+                plan.image = (self._image, self._image_pending)
+                self._image_pending = None
+        if self._current_prompt != self._engine_prompt:
+            plan.prompt = self._current_prompt
+            self._engine_prompt = self._current_prompt
+        self._generating = True
+        if plan.messages:
+            plan.messages.append(state_message(self.state()))
+        return plan
+
+    def _apply(self, plan: _Plan) -> None:
+        """Engine calls for one chunk, outside the lock (text encoding may take a while)."""
+        if plan.reset_seed is not None:
+            self.engine.reset(plan.reset_seed)
+        if plan.seed is not None:
+            self.engine.set_seed(plan.seed)
+        if plan.image is not None:
+            self.engine.set_image(plan.image[0], plan.image[1])  # type: ignore[arg-type]
+        if plan.prompt is not None:
+            self.engine.set_prompt(plan.prompt)
+
+
+def _clean_prompt(prompt: str) -> str:
+    text = prompt.strip()
+    if not text:
+        raise ValueError("prompt: must not be blank")
+    return text

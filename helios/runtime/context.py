@@ -1,0 +1,105 @@
+"""`get_ctx()`: the running session as seen from model code (commands and the generation loop)."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from helios.runtime.messages import error_message
+
+if TYPE_CHECKING:
+    from helios.runtime.session import Session
+
+_current: contextvars.ContextVar["SessionContext | None"] = contextvars.ContextVar("helios_session_ctx", default=None)
+
+
+def get_ctx() -> "SessionContext":
+    """The context of the session whose thread is calling; RuntimeError outside a session."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("get_ctx() called outside a running session (only session threads have a context)")
+    return ctx
+
+
+def bind_ctx(ctx: "SessionContext | None") -> contextvars.Token:
+    """Make `ctx` the context of the calling thread (the session does this for its threads)."""
+    return _current.set(ctx)
+
+
+class SessionContext:
+    """What a model may do with its session.
+
+    `lock` serialises model state: every command runs holding it, and the generation loop
+    takes it at chunk boundaries. `wait_for` sleeps on it until a command changes state.
+    Never hold `lock` while generating or inside `emit_block`.
+    """
+
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self.lock = threading.RLock()
+        self._cond = threading.Condition(self.lock)
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+    @property
+    def fps(self) -> float:
+        """The playback rate frames are released at."""
+        return self._session.fps
+
+    def should_stop(self) -> bool:
+        """True once the session is stopping: the generation loop should return soon."""
+        return self._session._stop_event.is_set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send a protocol message (`{"type": ..., "data": {...}}`) to the session's sink."""
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ValueError(f"message: expected a dict with a 'type' string, got {message!r:.80}")
+        self._session._send(message)
+
+    def send_error(self, message: str) -> None:
+        """Send an `error` event."""
+        self._session._send(error_message(message))
+
+    def emit_block(self, frames: np.ndarray, **info: Any) -> None:
+        """Hand generated frames (uint8 (N, H, W, 3)) to playback; blocks to keep pacing.
+
+        Extra keyword arguments (`chunk`, `prompt`, ...) travel with the frames to the sink.
+        Returns immediately once the session is stopping.
+        """
+        if not isinstance(frames, np.ndarray):
+            raise ValueError(f"frames: expected a numpy array, got {type(frames).__name__}")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"frames: expected uint8 (N, H, W, 3) with N >= 1, got {frames.dtype} {frames.shape}")
+        self._session._emit(np.ascontiguousarray(frames), info)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until `predicate()` holds (re-checked after every command) or the session stops.
+
+        Returns `predicate()`'s final value, False when stopping.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self.should_stop() or predicate(), timeout)
+            return not self.should_stop() and bool(predicate())
+
+    def notify(self) -> None:
+        """Wake `wait_for` callers (the session calls this after every command and on stop)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def effective_fps(self) -> float:
+        """Measured playback rate over the last seconds."""
+        return self._session._playback.effective_fps()
+
+    @property
+    def frames_released(self) -> int:
+        """Frames handed to viewers so far (the playback position)."""
+        return self._session._playback.frames_released
+
+    @property
+    def chunks_released(self) -> int:
+        return self._session._playback.chunks_released
