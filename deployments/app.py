@@ -1,0 +1,68 @@
+"""`build_app(config)`: the one place that turns a serving config into a Ray Serve application.
+
+`serve run serve_config.yaml` calls it with the YAML's `args` (an inline serving config
+under `config`, or a `config_path`); tests call it with a `ServingConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.config import DeploymentSpec, ServingConfig, ensure_some_key, load_config, with_env_keys
+from deployments.frontdoor import FrontDoor
+
+logger = logging.getLogger(__name__)
+
+
+def serve_options(spec: DeploymentSpec, name: str) -> dict[str, Any]:
+    """Serve `.options()` of a stateless deployment from its spec."""
+    opts: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": spec.num_cpus},
+        "max_ongoing_requests": spec.max_ongoing_requests,
+    }
+    if spec.autoscaling is None:
+        opts["num_replicas"] = 1
+    else:
+        a = spec.autoscaling
+        opts["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": max(a.max_replicas, a.min_replicas),
+            "initial_replicas": a.initial_replicas if a.initial_replicas is not None else max(1, a.min_replicas),
+            "target_ongoing_requests": a.target_ongoing_requests,
+        }
+    return opts
+
+
+def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
+    """Validate, merge HELIOS_API_KEYS, and make a key when there is none (shown once, on stderr)."""
+    cfg = config if isinstance(config, ServingConfig) else load_config(config)
+    cfg = with_env_keys(cfg)
+    cfg, generated = ensure_some_key(cfg)
+    if generated:
+        # Shown once to the operator who started the server; never logged.
+        print(
+            f"\nHelios Serve: no API keys configured; generated one for tenant 'default':\n\n    {generated}\n\n"
+            "Use it as 'Authorization: Bearer <key>'. Set HELIOS_API_KEYS=tenant:key,... to choose your own.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    return cfg
+
+
+def build_app(args: Any) -> Application:
+    """Serve application: the relay and the front door (the ingress), configured from `args`."""
+    cfg = prepare_config(args)
+    relay = None
+    try:
+        from deployments.relay import Relay
+    except ImportError as exc:  # the relay is optional for the API itself (streams answer 503)
+        logger.warning("no relay deployment available (%s): streams are disabled", exc)
+    else:
+        relay = Relay.options(**serve_options(cfg.relay, "Relay")).bind(**cfg.relay.args)
+    return FrontDoor.options(**serve_options(cfg.front_door, "FrontDoor")).bind(cfg, relay)

@@ -1,0 +1,209 @@
+"""The serving configuration: models offered, tenants and their quotas, admission and Serve options.
+
+One typed tree, validated once when the app is built (`build_app`), then handed to every
+deployment and actor. API keys are `SecretStr` so they never show in a repr or a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
+
+API_KEYS_ENV = "HELIOS_API_KEYS"
+"""Environment variable with extra keys, `tenant:key,tenant:key`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """One model a session can ask for by name."""
+
+    kind: Literal["helios", "test-pattern"] = Field(
+        "helios", description="'helios': the Helios DiT on a TP shard group; 'test-pattern': the runtime's synthetic model (no group)."
+    )
+    preset: Literal["tiny"] | None = Field(
+        None, description="'tiny': a random-weight tiny Helios generated into the cache folder on first start (never downloaded)."
+    )
+    path: str | None = Field(None, description="Folder of a diffusers-format Helios pipeline; wins over `preset`.")
+    tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks per shard group (one GPU each on GPU).")
+    pool_size: int = Field(1, ge=1, le=1024, description="Warm shard groups (or, for test-pattern, concurrent session slots).")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the shard workers run.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activation dtype.")
+    lookahead: int = Field(1, ge=0, le=16, description="Chunks the generator may run ahead of real-time playback.")
+    cpus_per_worker: float = Field(0.5, ge=0, description="Ray CPUs reserved per shard worker (bundle size).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments: pipeline `from_pretrained` overrides (helios) or TestPatternModel arguments.",
+    )
+    description: str = Field("", description="Shown by GET /v1/models.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.kind == "helios" and not (self.path or self.preset):
+            raise ValueError("model of kind 'helios' needs `path` or `preset`")
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ValueError("dtype 'float16' is not supported on device 'cpu'; use float32 or bfloat16")
+        return self
+
+
+class QuotaSpec(_Strict):
+    """Per-tenant limits."""
+
+    max_concurrent_sessions: int = Field(2, ge=0, description="Sessions a tenant may hold at once (active + queued).")
+    max_session_s: float = Field(3600.0, gt=0, description="A session ends with reason 'time_limit' after this many seconds.")
+
+
+class TenantSpec(_Strict):
+    """A tenant: its API keys and quota."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Tenant name (shown in metrics, never a key).")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Bearer keys that authenticate as this tenant.")
+    quota: QuotaSpec | None = Field(None, description="Limits; the config's `default_quota` when absent.")
+
+
+class AutoscalingSpec(_Strict):
+    """Ray Serve autoscaling of a stateless deployment."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start (defaults to min_replicas).")
+    target_ongoing_requests: float = Field(32, gt=0, description="Ongoing requests per replica the autoscaler aims for.")
+
+
+class DeploymentSpec(_Strict):
+    """Serve options of one deployment."""
+
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica (<= 0.5 on a 2-core laptop).")
+    max_ongoing_requests: int = Field(256, ge=1, description="Concurrent requests per replica (streams are long-lived).")
+    autoscaling: AutoscalingSpec | None = Field(default_factory=AutoscalingSpec, description="None: a fixed single replica.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra constructor arguments of the deployment.")
+
+
+class ServingConfig(_Strict):
+    """Everything `build_app` needs."""
+
+    app_name: str = Field("helios", description="Serve application name; also scopes the registry actor.")
+    models: dict[str, ModelSpec] = Field(..., min_length=1, description="Models offered, by the name sessions ask for.")
+    default_model: str | None = Field(None, description="Model used when a request names none (first model if unset).")
+    tenants: list[TenantSpec] = Field(default_factory=list, description="Tenants and keys (merged with HELIOS_API_KEYS).")
+    default_quota: QuotaSpec = Field(default_factory=QuotaSpec, description="Quota of tenants that set none.")
+    queue_size: int = Field(4, ge=0, description="Sessions that may wait per model for a free group; beyond: 429.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 202 and 429.")
+    idle_timeout_s: float = Field(120.0, gt=0, description="A session with no viewer, poll or command for this long ends ('idle_timeout').")
+    ring_size: int = Field(8, ge=1, description="Recent chunk refs a session keeps for late joiners.")
+    message_log_size: int = Field(1024, ge=16, description="Recent protocol messages a session keeps for SSE/WS replay.")
+    session_linger_s: float = Field(15.0, ge=0, description="An ended session's actor stays this long so viewers drain its last chunks.")
+    command_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a command's ack before 504.")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413.")
+    cache_dir: str = Field("~/.cache/helios-serve", description="Where preset checkpoints are generated.")
+    web_dir: str | None = Field(None, description="Player page folder served at / (the repository's web/ when unset).")
+    front_door: DeploymentSpec = Field(default_factory=DeploymentSpec, description="Front door (FastAPI ingress) options.")
+    relay: DeploymentSpec = Field(default_factory=DeploymentSpec, description="Relay deployment options.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServingConfig":
+        if self.default_model is None:
+            self.default_model = next(iter(self.models))
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models {sorted(self.models)}")
+        names = [t.name for t in self.tenants]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tenants: duplicate tenant names {sorted(dup)}")
+        return self
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name in models:
+            if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r} must be 1-64 characters of letters, digits, '-', '_', '.'")
+        return models
+
+    def quota_of(self, tenant: str) -> QuotaSpec:
+        """The quota of `tenant` (its own or the default)."""
+        for t in self.tenants:
+            if t.name == tenant and t.quota is not None:
+                return t.quota
+        return self.default_quota
+
+    def key_table(self) -> list[tuple[str, str]]:
+        """(key, tenant) pairs for the authenticator; never logged."""
+        return [(k.get_secret_value(), t.name) for t in self.tenants for k in t.api_keys]
+
+
+def parse_api_keys_env(value: str) -> list[tuple[str, str]]:
+    """`tenant:key,tenant:key` → [(tenant, key)]; ValueError names the bad entry position, never the key."""
+    pairs = []
+    for i, item in enumerate(p.strip() for p in value.split(",")):
+        if not item:
+            continue
+        tenant, sep, key = item.partition(":")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ValueError(f"{API_KEYS_ENV}: entry {i} is not 'tenant:key'")
+        pairs.append((tenant.strip(), key.strip()))
+    return pairs
+
+
+def with_env_keys(config: ServingConfig, env: dict[str, str] | None = None) -> ServingConfig:
+    """Merge HELIOS_API_KEYS into the tenants (new tenants get the default quota)."""
+    env = os.environ if env is None else env
+    raw = env.get(API_KEYS_ENV, "").strip()
+    if not raw:
+        return config
+    tenants = {t.name: t.model_copy(deep=True) for t in config.tenants}
+    for tenant, key in parse_api_keys_env(raw):
+        spec = tenants.setdefault(tenant, TenantSpec(name=tenant))
+        spec.api_keys.append(SecretStr(key))
+    return config.model_copy(update={"tenants": list(tenants.values())})
+
+
+def ensure_some_key(config: ServingConfig) -> tuple[ServingConfig, str | None]:
+    """With no key anywhere, add tenant 'default' with a fresh key; returns it (to show once) or None."""
+    if config.key_table():
+        return config, None
+    key = "hs-" + secrets.token_urlsafe(24)
+    tenants = [t for t in config.tenants if t.name != "default"]
+    own = next((t for t in config.tenants if t.name == "default"), None)
+    tenants.append(TenantSpec(name="default", api_keys=[SecretStr(key)], quota=own.quota if own else None))
+    return config.model_copy(update={"tenants": tenants}), key
+
+
+def load_config(source: str | Path | dict[str, Any]) -> ServingConfig:
+    """A ServingConfig from a YAML file, a dict, or a dict holding `config_path` / `config`."""
+    if isinstance(source, dict):
+        if "config_path" in source:
+            return load_config(source["config_path"])
+        return ServingConfig.model_validate(source.get("config", source))
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"config_path {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    # Accept both a bare serving config and a Serve config whose first app carries it in args.
+    if "applications" in data:
+        data = data["applications"][0].get("args", {})
+        data = data.get("config", data)
+    return ServingConfig.model_validate(data)
+
+
+def resolve_model_path(spec: ModelSpec, cache_dir: str) -> str | None:
+    """Pipeline folder of a helios model, generating the tiny preset into the cache when absent."""
+    if spec.kind != "helios":
+        return None
+    if spec.path:
+        return str(Path(spec.path).expanduser())
+    folder = Path(cache_dir).expanduser() / spec.preset
+    from helios.pipeline.tiny import make_tiny_pipeline
+
+    logger.info("preparing the %s preset checkpoint in %s", spec.preset, folder)
+    return str(make_tiny_pipeline(folder, seed=0))

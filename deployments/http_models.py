@@ -1,0 +1,105 @@
+"""Request and response bodies of the HTTP API (docs/CONTRACTS.md section 4); they make the OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CreateSessionRequest(BaseModel):
+    """POST /v1/sessions."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(None, max_length=64, description="Model name from GET /v1/models (the server default when absent).")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Noise seed of chunk 0.")
+
+
+class SessionUrls(BaseModel):
+    """Root-relative URLs of a session; read-only ones carry the viewer token so they can be shared."""
+
+    self: str
+    commands: str
+    events: str
+    ws: str
+    stream_mp4: str
+    stream_mjpeg: str
+    stream_msgpack: str
+    recording: str
+    player: str
+
+
+class SessionCreated(BaseModel):
+    """201 (active) or 202 (queued) answer to POST /v1/sessions."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    session_id: str
+    status: Literal["active", "queued"]
+    position: int | None = Field(None, description="Place in the queue (1 = next) while queued.")
+    model: str
+    viewer_token: str = Field(..., description="Lets others watch (events, stream, recording) without the API key.")
+    urls: SessionUrls
+
+
+class SessionInfo(BaseModel):
+    """GET /v1/sessions/{id}."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    session_id: str
+    status: Literal["queued", "active", "ended"]
+    position: int | None = None
+    model: str
+    state: dict[str, Any] = Field(default_factory=dict, description="The last `state` message's data.")
+    end_reason: str | None = None
+    viewer_token: str | None = Field(None, description="Only shown to the owning tenant.")
+    urls: SessionUrls | None = None
+
+
+class SessionDeleted(BaseModel):
+    """DELETE /v1/sessions/{id}."""
+
+    session_id: str
+    status: Literal["ended"] = "ended"
+    end_reason: str | None = None
+
+
+class CommandRequest(BaseModel):
+    """POST /v1/sessions/{id}/commands (and each WebSocket text frame)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(..., min_length=1, max_length=64, description="Command name, e.g. set_prompt, start, pause.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Command arguments by name.")
+    id: str | None = Field(None, max_length=128, description="Client id echoed in the ack.")
+
+
+class Ack(BaseModel):
+    """The ack of a command."""
+
+    id: str | None = None
+    ok: bool
+    error: str | None = None
+    result: Any = None
+
+
+class ModelInfo(BaseModel):
+    """One entry of GET /v1/models."""
+
+    name: str
+    kind: str
+    tp_size: int
+    pool_size: int
+    device: str
+    description: str = ""
+    free: int = 0
+    queued: int = 0
+
+
+class Health(BaseModel):
+    """GET /healthz."""
+
+    status: Literal["ok", "degraded"]
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)

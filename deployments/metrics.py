@@ -1,0 +1,62 @@
+"""Prometheus metrics of the front door: request/error counters live here, the rest is read at scrape time.
+
+Session and queue gauges come from the registry (the one source of truth), chunk
+latency (generation end → first byte sent to a viewer) is observed by the stream
+route of this replica, effective FPS from the session actors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class FrontDoorMetrics:
+    """Per-replica collectors; `render(stats, fps)` fills the gauges and returns the exposition text."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("helios_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.errors = Counter("helios_errors", "Errors by kind (http_4xx, http_5xx, stream, session)", ["kind"], registry=r)
+        self.chunk_latency = Histogram(
+            "helios_chunk_latency_seconds",
+            "Generation end of a chunk to its first byte sent to a viewer, by format",
+            ["format"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chunk_gen = Histogram(
+            "helios_chunk_generation_seconds", "Model time per chunk (from chunk_complete gen_ms)", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.active = Gauge("helios_sessions_active", "Active sessions per tenant", ["tenant"], registry=r)
+        self.queued = Gauge("helios_sessions_queued", "Queued sessions per tenant", ["tenant"], registry=r)
+        self.groups = Gauge("helios_shard_groups", "Shard groups (or slots) per model and state", ["model", "state"], registry=r)
+        self.fps = Gauge("helios_effective_fps", "Frames per second each active session produces", ["session"], registry=r)
+        self.counters = Gauge("helios_registry_total", "Registry counters (created, rejected, failed, rebuilt)", ["counter"], registry=r)
+        self._seen_gen: dict[str, int] = {}
+
+    def render(self, stats: dict, sessions: list[dict]) -> bytes:
+        """Exposition text with the gauges set from the registry `stats` and session `info` dicts."""
+        self.active.clear()
+        self.queued.clear()
+        for tenant, c in stats.get("tenants", {}).items():
+            self.active.labels(tenant).set(c.get("active", 0))
+            self.queued.labels(tenant).set(c.get("queued", 0))
+        for model, p in stats.get("models", {}).items():
+            for state in ("free", "leased", "building"):
+                self.groups.labels(model, state).set(p.get(state, 0))
+        for name, value in stats.get("counters", {}).items():
+            self.counters.labels(name).set(value)
+        self.fps.clear()
+        for info in sessions:
+            sid = info.get("session_id", "")
+            self.fps.labels(sid).set(info.get("effective_fps", 0.0))
+            gen = info.get("gen_ms") or []
+            # gen_ms is a sliding window: observe only samples this replica has not seen yet.
+            new = int(info.get("chunks", 0)) - self._seen_gen.get(sid, 0)
+            for ms in gen[-new:] if new > 0 else []:
+                self.chunk_gen.observe(ms / 1000.0)
+            self._seen_gen[sid] = int(info.get("chunks", 0))
+        return generate_latest(self.registry)

@@ -1,0 +1,315 @@
+"""One detached, named actor per session: the runtime `Session` on a leased shard group.
+
+Frames leave as object refs (each chunk `ray.put` once, kept in a bounded ring that the
+relay long-polls with `wait_chunks`); protocol messages go to a bounded, sequenced log
+that SSE and WebSocket long-poll with `wait_messages`. The actor always gives its group
+back to the registry, whatever ended the session, and lingers briefly so viewers can
+drain the last chunks before its objects die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+
+from deployments.config import ModelSpec
+from deployments.naming import NAMESPACE
+from deployments.shard import ShardGroup, ShardGroupEngine
+
+logger = logging.getLogger(__name__)
+
+WATCH_PERIOD_S = 0.5
+
+
+class _ActorSink:
+    """Runtime sink: hands messages and chunks from the generation thread to the actor's loop."""
+
+    def __init__(self, actor: "SessionActor"):
+        self.actor = actor
+
+    def on_message(self, message: dict) -> None:
+        self.actor._from_thread(self.actor._add_message, message)
+
+    def on_frames(self, frames: np.ndarray, info: dict) -> None:
+        # Put from the generation thread: the loop never blocks on a copy into the object store.
+        ref = ray.put(np.ascontiguousarray(frames, dtype=np.uint8))
+        self.actor._from_thread(self.actor._add_chunk, ref, frames.shape, info)
+
+
+class SessionActor:
+    """Runs one session; every public method is safe to call from any process by the actor's name."""
+
+    def __init__(
+        self,
+        session_id: str,
+        tenant: str,
+        model_name: str,
+        spec: ModelSpec,
+        group: ShardGroup | None,
+        *,
+        seed: int | None,
+        registry_name: str,
+        ring_size: int,
+        message_log_size: int,
+        idle_timeout_s: float,
+        max_session_s: float,
+        linger_s: float,
+    ):
+        self.session_id = session_id
+        self.tenant = tenant
+        self.model_name = model_name
+        self.spec = spec
+        self.group = group
+        self.seed = seed
+        self.registry_name = registry_name
+        self.idle_timeout_s = idle_timeout_s
+        self.max_session_s = max_session_s
+        self.linger_s = linger_s
+        self.ring: deque[dict] = deque(maxlen=ring_size)
+        self.messages: deque[tuple[int, dict]] = deque(maxlen=message_log_size)
+        self.next_seq = 1
+        self.next_chunk = 0
+        self.next_frame = 0
+        self.state: dict = {}
+        self.ended = False
+        self.end_reason: str | None = None
+        self.created_at = time.time()
+        self.last_activity = time.monotonic()
+        self.pollers = 0
+        self.gen_ms: deque[float] = deque(maxlen=32)
+        self.chunk_times: deque[float] = deque(maxlen=32)
+        self.session = None
+        self.engine: ShardGroupEngine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._cmd_lock = threading.Lock()
+        self._finalized = False
+        self._watch_task = None
+
+    # ---- start-up -------------------------------------------------------------------
+    async def start(self) -> dict:
+        """Build the model on the leased group and start generation; raises if the model cannot start."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        try:
+            await asyncio.to_thread(self._build)
+        except BaseException as exc:
+            await self._finalize(f"error: could not start the model: {exc}", start_failed=True)
+            raise
+        self._watch_task = asyncio.ensure_future(self._watch())
+        return {"session_id": self.session_id, "geometry": self._geometry()}
+
+    def _build(self) -> None:
+        from helios.runtime import Session
+
+        seed = int(self.seed) if self.seed is not None else 0
+        if self.spec.kind == "test-pattern":
+            from helios.model_testpattern import TestPatternModel
+
+            model = TestPatternModel(**self.spec.options, seed=seed)
+        else:
+            from helios.model_helios import HeliosModel
+
+            assert self.group is not None, "a helios session needs a shard group"
+            self.engine = ShardGroupEngine(self.group)
+            # HeliosModel resets the engine (history, image) at chunk 0, so a warm group starts clean.
+            model = HeliosModel(self.engine, seed=seed)
+        self.model = model
+        self.session = Session(model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
+        self.session.start()
+
+    def _geometry(self) -> dict:
+        engine = getattr(self.model, "engine", None)
+        return {k: getattr(engine, k, None) for k in ("height", "width", "frames_per_chunk", "fps")}
+
+    # ---- from the generation thread ---------------------------------------------------
+    def _from_thread(self, fn, *args) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closing at shutdown
+            pass
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _add_message(self, message: dict) -> None:
+        self.messages.append((self.next_seq, message))
+        self.next_seq += 1
+        if message.get("type") == "state":
+            self.state = message.get("data", {})
+        data = message.get("data") or {}
+        if message.get("type") == "event" and data.get("event") == "chunk_complete":
+            if data.get("gen_ms") is not None:
+                self.gen_ms.append(float(data["gen_ms"]))
+        if message.get("type") == "event" and data.get("event") == "session_ended":
+            if not self.ended:
+                self.ended = True
+                self.end_reason = data.get("reason")
+            asyncio.ensure_future(self._finalize(self.end_reason))
+        self._notify()
+
+    def _add_chunk(self, ref, shape, info: dict) -> None:
+        n = int(shape[0])
+        meta = {
+            "chunk": self.next_chunk,
+            "model_chunk": info.get("chunk"),
+            "first_frame": self.next_frame,
+            "frames": n,
+            "height": int(shape[1]),
+            "width": int(shape[2]),
+            "fps": info.get("fps"),
+            "prompt": info.get("prompt"),
+            "produced_at": time.time(),
+        }
+        self.ring.append({"chunk": self.next_chunk, "refs": [ref], "meta": meta})
+        self.chunk_times.append(time.monotonic())
+        self.next_chunk += 1
+        self.next_frame += n
+        self._notify()
+
+    # ---- long polls -------------------------------------------------------------------
+    async def _wait(self, ready, timeout_s: float) -> None:
+        self.pollers += 1
+        self.last_activity = time.monotonic()
+        try:
+            deadline = time.monotonic() + max(0.0, min(float(timeout_s), 60.0))
+            while not ready() and not self.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+        finally:
+            self.pollers -= 1
+            self.last_activity = time.monotonic()
+
+    async def wait_chunks(self, after: int, timeout_s: float) -> dict:
+        """Chunks with index > `after` still in the ring (long poll; returns early when any exist or the session ends)."""
+        after = int(after)
+        await self._wait(lambda: bool(self.ring) and self.ring[-1]["chunk"] > after, timeout_s)
+        chunks = [dict(c) for c in self.ring if c["chunk"] > after]
+        return {
+            "chunks": chunks,
+            "ended": self.ended,
+            "end_reason": self.end_reason,
+            "oldest": self.ring[0]["chunk"] if self.ring else -1,
+            "latest": self.ring[-1]["chunk"] if self.ring else -1,
+        }
+
+    async def wait_messages(self, after: int, timeout_s: float) -> dict:
+        """Messages with sequence number > `after` (long poll). `lost` counts messages already dropped from the log."""
+        after = int(after)
+        await self._wait(lambda: bool(self.messages) and self.messages[-1][0] > after, timeout_s)
+        items = [{"seq": s, "message": m} for s, m in self.messages if s > after]
+        oldest = self.messages[0][0] if self.messages else self.next_seq
+        complete = bool(self.ended and self.messages and self.messages[-1][1].get("data", {}).get("event") == "session_ended")
+        return {
+            "messages": items,
+            "lost": max(0, oldest - after - 1),
+            "ended": self.ended,
+            "complete": complete or (self.ended and self._finalized),
+            "end_reason": self.end_reason,
+        }
+
+    # ---- commands & info -----------------------------------------------------------------
+    async def command(self, cmd: dict, timeout_s: float = 30.0) -> dict:
+        """Run one command (in arrival order) and return its ack data."""
+        self.last_activity = time.monotonic()
+        if self.ended or self.session is None:
+            return {"id": cmd.get("id"), "ok": False, "error": f"session has ended ({self.end_reason})", "result": None}
+
+        def call() -> dict:
+            with self._cmd_lock:
+                return self.session.call(cmd, timeout_s)
+
+        ack = await asyncio.to_thread(call)
+        return ack.get("data", ack) if isinstance(ack, dict) and ack.get("type") == "ack" else ack
+
+    async def info(self) -> dict:
+        """Status for GET /v1/sessions/{id} and /metrics."""
+        return {
+            "session_id": self.session_id,
+            "tenant": self.tenant,
+            "model": self.model_name,
+            "state": self.state,
+            "ended": self.ended,
+            "end_reason": self.end_reason,
+            "chunks": self.next_chunk,
+            "effective_fps": self._effective_fps(),
+            "gen_ms": list(self.gen_ms),
+            "viewers": self.pollers,
+        }
+
+    def _effective_fps(self) -> float:
+        t = self.chunk_times
+        if len(t) < 2 or not self.ring:
+            return 0.0
+        return (len(t) - 1) * self.ring[-1]["meta"]["frames"] / max(1e-6, t[-1] - t[0])
+
+    async def touch(self) -> None:
+        """A viewer is present (keeps the idle timeout away)."""
+        self.last_activity = time.monotonic()
+
+    async def stop(self, reason: str = "deleted") -> dict:
+        """End the session (idempotent); returns once `session_ended` is in the log and the group is back."""
+        await self._end(reason)
+        return {"session_id": self.session_id, "end_reason": self.end_reason}
+
+    # ---- ending -------------------------------------------------------------------------
+    async def _end(self, reason: str) -> None:
+        if self.session is not None and not self.ended:
+            await asyncio.to_thread(self.session.stop, reason)
+            await asyncio.to_thread(self.session.join, 30.0)
+        if not self.ended:
+            # The runtime did not report the end (it never started, or its thread is stuck).
+            self._add_message({"type": "event", "data": {"event": "session_ended", "reason": reason}})
+        await self._finalize(self.end_reason or reason)
+
+    async def _watch(self) -> None:
+        """End on idle timeout (no viewer, poll or command) or on the tenant's session time limit."""
+        while not self.ended:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            now = time.monotonic()
+            if time.time() - self.created_at > self.max_session_s:
+                await self._end("time_limit")
+            elif self.pollers == 0 and now - self.last_activity > self.idle_timeout_s:
+                await self._end("idle_timeout")
+
+    async def _finalize(self, reason: str | None, start_failed: bool = False) -> None:
+        """Give the group back (rebuilt if broken), then linger and exit. Runs once."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.ended = True
+        self.end_reason = self.end_reason or reason
+        if self.session is not None:
+            await asyncio.to_thread(self.session.join, 30.0)
+        broken = None
+        if self.engine is not None and self.engine.failure:
+            broken = self.engine.failure
+        try:
+            registry = ray.get_actor(self.registry_name, namespace=NAMESPACE)
+            await registry.session_finished.remote(self.session_id, self.end_reason, broken)
+        except Exception as exc:  # noqa: BLE001 - registry gone at shutdown: nothing to return to
+            logger.warning("session %s could not report its end to the registry: %s", self.session_id, exc)
+        self._notify()
+        if not start_failed:
+            asyncio.ensure_future(self._exit_later())
+
+    async def _exit_later(self) -> None:
+        await asyncio.sleep(self.linger_s)
+        # Objects this actor put die with it: only now, after viewers had time to drain them.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)

@@ -1,0 +1,215 @@
+"""Tensor-parallel shard groups: N `ShardWorker` actors in one placement group, one TP rank each.
+
+Every rank holds a `HeliosStreamPipeline` built with the group's process group (gloo on
+CPU, NCCL on GPU) and receives the same calls in the same order (SPMD). Activations
+never leave the group: only the calls go in and rank 0's `ChunkResult` comes out.
+`ShardGroupEngine` wraps a group as a `StreamEngine`, so `HeliosModel` runs unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+logger = logging.getLogger(__name__)
+
+
+class ShardGroupError(RuntimeError):
+    """A rank of the shard group died or failed; the group must be rebuilt."""
+
+
+@ray.remote(max_restarts=0)
+class ShardWorker:
+    """One TP rank: owns its slice of the model and runs the pipeline calls it is sent."""
+
+    def __init__(self, rank: int, world_size: int, group_id: str):
+        self.rank = rank
+        self.world_size = world_size
+        self.group_id = group_id
+        self.pipe = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port (rank 0's become the rendezvous address)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, model_path: str, dtype: str, device: str, overrides: dict) -> dict:
+        """Join the process group (collective: all ranks at once) and load this rank's shard."""
+        import torch
+
+        from helios.pipeline import HeliosStreamPipeline
+
+        tp_group = None
+        if self.world_size > 1:
+            from helios.parallel import init_tp_group
+
+            backend = "nccl" if device == "cuda" else "gloo"
+            tp_group = init_tp_group(
+                self.rank, self.world_size, master_addr=master_addr, master_port=master_port, backend=backend
+            )
+        t0 = time.perf_counter()
+        self.pipe = HeliosStreamPipeline.from_pretrained(
+            model_path, tp_group=tp_group, dtype=getattr(torch, dtype), device=device, **overrides
+        )
+        logger.info("group %s rank %d loaded in %.1fs", self.group_id, self.rank, time.perf_counter() - t0)
+        return self.geometry()
+
+    def geometry(self) -> dict:
+        """Static facts the engine proxy caches."""
+        p = self.pipe
+        return {"height": p.height, "width": p.width, "frames_per_chunk": p.frames_per_chunk, "fps": p.fps}
+
+    def call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        """Run one pipeline method; only rank 0 returns its result (the others return None)."""
+        result = getattr(self.pipe, method)(*args, **kwargs)
+        return result if self.rank == 0 else None
+
+    def get(self, attr: str) -> Any:
+        """Read a pipeline attribute (no collective involved)."""
+        return getattr(self.pipe, attr)
+
+    def pid(self) -> int:
+        """OS process id (tests kill it to simulate a crash)."""
+        import os
+
+        return os.getpid()
+
+
+@dataclass
+class ShardGroup:
+    """Handles of one warm group, as passed to the session actor that leases it."""
+
+    group_id: str
+    workers: list[Any]
+    geometry: dict
+    pg: PlacementGroup | None = field(default=None, repr=False)
+
+
+async def create_shard_group(
+    group_id: str, model_path: str, *, tp_size: int, device: str, dtype: str, cpus_per_worker: float, overrides: dict
+) -> ShardGroup:
+    """Reserve the placement group, start the ranks, rendezvous them and load the model."""
+    bundle = {"CPU": cpus_per_worker} if cpus_per_worker else {}
+    if device == "cuda":
+        bundle["GPU"] = 1
+    if not bundle:
+        bundle = {"CPU": 0.01}
+    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=f"helios-group-{group_id}")
+    try:
+        await pg.ready()
+        workers = [
+            ShardWorker.options(
+                num_cpus=bundle.get("CPU", 0),
+                num_gpus=bundle.get("GPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            ).remote(i, tp_size, group_id)
+            for i in range(tp_size)
+        ]
+        master_addr, master_port = await workers[0].address.remote()
+        geometries = await _gather([w.setup.remote(master_addr, master_port, model_path, dtype, device, overrides) for w in workers])
+    except BaseException:
+        remove_placement_group(pg)
+        raise
+    return ShardGroup(group_id=group_id, workers=workers, geometry=geometries[0], pg=pg)
+
+
+async def _gather(refs: list) -> list:
+    """Await all refs, failing as soon as any fails (a dead rank must not leave us waiting on the others)."""
+    import asyncio
+
+    futures = [asyncio.ensure_future(_await(r)) for r in refs]
+    try:
+        for done in asyncio.as_completed(futures):
+            await done
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return [f.result() for f in futures]
+
+
+async def _await(ref):
+    return await ref
+
+
+def destroy_shard_group(group: ShardGroup) -> None:
+    """Kill the ranks and free the placement group (idempotent, never raises)."""
+    for w in group.workers:
+        try:
+            ray.kill(w, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead is fine
+            pass
+    if group.pg is not None:
+        try:
+            remove_placement_group(group.pg)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class ShardGroupEngine:
+    """`StreamEngine` over a shard group: each call goes to every rank, rank 0's answer comes back."""
+
+    def __init__(self, group: ShardGroup, *, call_timeout_s: float = 600.0):
+        self.group = group
+        self.height = group.geometry["height"]
+        self.width = group.geometry["width"]
+        self.frames_per_chunk = group.geometry["frames_per_chunk"]
+        self.fps = group.geometry["fps"]
+        self.call_timeout_s = call_timeout_s
+        self.failure: str | None = None
+        """Why the group broke (None while healthy); the session reports it to the registry."""
+
+    def _all(self, method: str, *args, **kwargs) -> Any:
+        if self.failure:
+            raise ShardGroupError(self.failure)
+        refs = [w.call.remote(method, args, kwargs) for w in self.group.workers]
+        pending = list(refs)
+        deadline = time.monotonic() + self.call_timeout_s
+        # Wait one by one so the first failed rank surfaces at once (its peers would hang in a collective).
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.failure = f"shard group {self.group.group_id}: {method} timed out after {self.call_timeout_s:.0f}s"
+                raise ShardGroupError(self.failure)
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError as exc:
+                rank = refs.index(ready[0])
+                self.failure = f"shard worker rank {rank} of group {self.group.group_id} died ({type(exc).__name__})"
+                raise ShardGroupError(self.failure) from None
+            except ray.exceptions.RayTaskError as exc:
+                rank = refs.index(ready[0])
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                if isinstance(cause, ValueError):
+                    raise cause from None  # bad user input reached the pipeline: not a group failure
+                self.failure = f"shard worker rank {rank} of group {self.group.group_id} failed in {method}: {cause}"
+                raise ShardGroupError(self.failure) from None
+        return ray.get(refs[0])
+
+    @property
+    def chunk_index(self) -> int:
+        return ray.get(self.group.workers[0].get.remote("chunk_index"))
+
+    def reset(self, seed: int) -> None:
+        self._all("reset", seed)
+
+    def set_seed(self, seed: int) -> None:
+        self._all("set_seed", seed)
+
+    def set_prompt(self, prompt: str, blend_chunks: int = 0) -> None:
+        self._all("set_prompt", prompt, blend_chunks)
+
+    def set_image(self, image, transition="cut") -> None:
+        self._all("set_image", image, transition)
+
+    def next_chunk(self):
+        return self._all("next_chunk")
