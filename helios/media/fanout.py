@@ -369,9 +369,15 @@ class SessionFanout:
         finally:
             self.unsubscribe(viewer)
 
-    async def record(self, writer: RecordingWriter) -> None:
-        """Append every chunk from the oldest kept one on to `writer` until the session ends; never drops."""
+    def record(self, writer: RecordingWriter) -> asyncio.Task:
+        """Start appending every chunk, from the oldest kept one on, to `writer` until the session ends (never drops).
+
+        Subscribes at once (so no chunk published after this call is missed) and returns the writing task.
+        """
         viewer = self.subscribe("mp4", self.oldest, max_queue=1 << 30, recorder=True)
+        return asyncio.ensure_future(self._record(viewer, writer))
+
+    async def _record(self, viewer: Viewer, writer: RecordingWriter) -> None:
         try:
             while True:
                 entry = await viewer.next()
@@ -379,7 +385,7 @@ class SessionFanout:
                     break
                 try:
                     chunk: Mp4Chunk = await entry.encoded("mp4", self.encoders)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a lost chunk is skipped, the recording goes on
                     logger.warning("recording %s: chunk %d encode failed: %s", self.session_id, entry.chunk, exc)
                     continue
                 await asyncio.to_thread(writer.append, self.encoders.init_segment, chunk)
