@@ -104,6 +104,24 @@ class FakeClock:
                 raise TimeoutError(f"no thread waited on the fake clock within {timeout} s")
             return min(pending())
 
+    def wait_for(self, predicate, timeout: float = 10.0) -> None:
+        """Wait (real time) until `predicate()` holds, re-checking whenever a sleeper comes or goes.
+
+        `predicate` may read other objects: it is also re-checked every few milliseconds.
+        """
+        give_up = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not reached within {timeout} s (fake time {self._now})")
+                self._cond.wait(min(remaining, 0.005))
+
+    def has_sleeper(self) -> bool:
+        """True when a thread is asleep on this clock waiting for a future time."""
+        with self._cond:
+            return any(d > self._now for d in self._sleepers.values())
+
     def step(self, timeout: float = 10.0) -> float:
         """Advance to the earliest sleeper's deadline and return the new time."""
         return self.advance_to(self.next_deadline(timeout))

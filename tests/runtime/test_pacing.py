@@ -1,0 +1,131 @@
+"""Pacing with an injected clock: frames every 1/fps, the lookahead bound, stalls without bursts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helios.model_helios import HeliosModel
+from helios.runtime import FakeClock, MemorySink, Session, VideoModel, get_ctx
+
+from runtime_support import FastEngine, drive, GatedEngine, event, session_threads
+
+FPS = 24.0
+N = 4  # frames per chunk
+
+
+class Blocks(VideoModel):
+    """Emits `chunks` blocks of N frames as fast as pacing allows; records playback when each starts."""
+
+    fps = FPS
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.released_at_start: list[int] = []
+
+    def start_session(self) -> None:
+        ctx = get_ctx()
+        for i in range(self.chunks):
+            if ctx.should_stop():
+                return
+            self.released_at_start.append(ctx.chunks_released)
+            ctx.emit_block(np.full((N, 8, 8, 3), i, dtype=np.uint8), chunk=i, prompt=f"p{i}")
+
+
+@pytest.mark.parametrize("lookahead", [1, 2])
+def test_frames_every_period_and_generator_within_lookahead(lookahead):
+    clock = FakeClock(100.0)
+    sink = MemorySink(clock)
+    model = Blocks(chunks=6)
+    session = Session(model, sink, clock=clock, lookahead=lookahead).start()
+    # Before any time passes, the generator runs ahead by exactly `lookahead` chunks.
+    clock.wait_for(lambda: len(model.released_at_start) == lookahead + 1)
+    drive(clock, sink, 6 * N)
+    assert session.wait_ended(30) and session.join(10)
+    times = np.array(sink.release_times)
+    assert len(times) == 6 * N and all(len(b.frames) == 1 for b in sink.blocks)
+    np.testing.assert_allclose(np.diff(times), 1 / FPS, rtol=1e-9)
+    assert times[0] == 100.0
+    # The generator starts chunk n only when at most `lookahead` earlier chunks are unplayed.
+    assert model.released_at_start[: lookahead + 1] == [0] * (lookahead + 1)
+    for n, released in enumerate(model.released_at_start):
+        assert n - released <= lookahead, (n, released)
+    assert [b.info["chunk"] for b in sink.blocks] == [i for i in range(6) for _ in range(N)]
+    assert sink.messages[-1] == event("session_ended", reason="completed")
+
+
+def test_chunk_release_hands_whole_chunks_at_their_first_frame_time():
+    clock = FakeClock()
+    sink = MemorySink(clock)
+    session = Session(Blocks(chunks=4), sink, clock=clock, release="chunk").start()
+    drive(clock, sink, 4 * N)
+    assert session.wait_ended(30) and session.join(10)
+    assert [len(b.frames) for b in sink.blocks] == [N] * 4
+    np.testing.assert_allclose(sink.release_times, [i * N / FPS for i in range(4)], rtol=1e-9, atol=1e-12)
+    assert [b.info["first_frame"] for b in sink.blocks] == [0, N, 2 * N, 3 * N]
+    assert all(b.info["last_of_chunk"] and b.info["fps"] == FPS for b in sink.blocks)
+
+
+def _helios_session(clock, sink, engine, lookahead=1):
+    session = Session(HeliosModel(engine), sink, clock=clock, lookahead=lookahead).start()
+    session.call({"command": "set_prompt", "args": {"prompt": "first"}})
+    session.call({"command": "start"})
+    return session
+
+
+def test_slow_generator_stalls_then_restarts_schedule_without_burst():
+    clock = FakeClock()
+    sink = MemorySink(clock)
+    engine = GatedEngine(FastEngine(frames_per_chunk=N))
+    session = _helios_session(clock, sink, engine)
+    try:
+        engine.allow(1)
+        drive(clock, sink, N)  # chunk 0 played at t = 0 .. 3/24
+        engine.wait_begun(2)  # chunk 1 is "still generating"
+        clock.advance(1.0)  # one second later it is ready
+        t_ready = clock.now()
+        engine.allow(1)
+        drive(clock, sink, 2 * N)
+        times = np.array(sink.release_times)
+        np.testing.assert_allclose(times[N:], t_ready + np.arange(N) / FPS, rtol=1e-9)
+        state = session.call({"command": "get_state"})["result"]
+        assert 0 < state["effective_fps"] < FPS
+    finally:
+        session.stop()
+        assert session.join(10)
+
+
+def test_effective_fps_matches_fps_when_generator_keeps_up():
+    clock = FakeClock()
+    sink = MemorySink(clock)
+    session = _helios_session(clock, sink, FastEngine(frames_per_chunk=N))
+    try:
+        drive(clock, sink, 20 * N)
+        assert session.call({"command": "get_state"})["result"]["effective_fps"] == pytest.approx(FPS, rel=1e-6)
+    finally:
+        session.stop()
+        assert session.join(10)
+    assert session_threads(session) == []
+
+
+def test_prompt_set_while_running_is_used_by_the_next_generated_chunk():
+    clock = FakeClock()
+    sink = MemorySink(clock)
+    engine = FastEngine(frames_per_chunk=N)
+    session = _helios_session(clock, sink, engine)
+    try:
+        # Chunk 0 plays; chunk 1 is generated and waits for playback (lookahead 1).
+        sink.wait_for_event("chunk_complete", start=0)
+        sink.wait_until(lambda: any(m["data"].get("event") == "chunk_complete" and m["data"]["chunk"] == 1
+                                    for m in sink.messages), what="chunk 1")
+        assert [c for c in engine.calls if c[0] == "next_chunk"] == [("next_chunk", 0, "first"), ("next_chunk", 1, "first")]
+        start = len(sink.snapshot())
+        assert session.call({"command": "set_prompt", "args": {"prompt": "second"}, "id": "p"})["ok"]
+        assert sink.snapshot()[start] == event("prompt_scheduled", chunk=2, prompt="second")
+        drive(clock, sink, 2 * N + 1)  # chunk 0 done, chunk 1 playing: the generator moves on
+        done = sink.wait_for_message(lambda m: m["data"].get("event") == "chunk_complete" and m["data"]["chunk"] == 2)
+        assert done["data"]["prompt"] == "second"
+        assert engine.calls.index(("set_prompt", "second")) < engine.calls.index(("next_chunk", 2, "second"))
+    finally:
+        session.stop()
+        assert session.join(10)
