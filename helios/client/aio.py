@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 import httpx
 
 from helios.client import wire
-from helios.client.errors import HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
+from helios.client.errors import HeliosConnectionError, HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
 from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES
 from helios.client.types import Ack, Chunk, Message, SessionInfo
@@ -44,7 +44,10 @@ class AsyncHeliosClient:
         self._models: Any = None
 
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        resp = await self._http.request(method, path, **kw)
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
         wire.raise_for_status(resp)
         return resp
 
@@ -161,7 +164,10 @@ class AsyncHeliosSession:
 
     async def command(self, command: str, args: dict[str, Any] | None = None, *, id: str | None = None) -> Ack:
         body = wire.command_body(command, args, id)
-        resp = await self.client._http.post(self._path("/commands"), json=body)
+        try:
+            resp = await self.client._http.post(self._path("/commands"), json=body)
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.client.base_url}: {exc}") from exc
         return wire.parse_ack(command, resp)
 
     async def set_prompt(self, prompt: str) -> Ack:

@@ -57,3 +57,7 @@ class HeliosSessionEnded(HeliosError):
 
 class HeliosTimeout(HeliosError):
     """A wait for a session state or message ran past its timeout."""
+
+
+class HeliosConnectionError(HeliosError):
+    """The server could not be reached (refused, DNS, TLS, timeout before an answer)."""

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from helios.client import wire
-from helios.client.errors import HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
+from helios.client.errors import HeliosConnectionError, HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
 from helios.client.types import Ack, Chunk, Message, SessionInfo
 from helios.client.video import Mp4Writer
@@ -51,7 +51,10 @@ class HeliosClient:
     # -- plumbing ---------------------------------------------------------------------
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """Send one request and raise the matching HeliosHTTPError on an error status."""
-        resp = self._http.request(method, path, **kw)
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
         wire.raise_for_status(resp)
         return resp
 
@@ -179,7 +182,10 @@ class HeliosSession:
     def command(self, command: str, args: dict[str, Any] | None = None, *, id: str | None = None) -> Ack:
         """Send any command; returns the ack, raises HeliosCommandError if refused."""
         body = wire.command_body(command, args, id)
-        resp = self.client._http.post(self._path("/commands"), json=body)
+        try:
+            resp = self.client._http.post(self._path("/commands"), json=body)
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.client.base_url}: {exc}") from exc
         return wire.parse_ack(command, resp)
 
     def set_prompt(self, prompt: str) -> Ack:
