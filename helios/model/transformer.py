@@ -315,6 +315,8 @@ class HeliosTransformer(nn.Module):
         self.proj_out = nn.Linear(dim, config.out_dim * math.prod(patch))
         for param in self.parameters():
             param.requires_grad_(False)
+            if not hasattr(param, "shard_dim"):  # plain torch modules: replicated on every rank
+                set_weight_attrs(param, shard_dim=None, tp=tp_group)
 
     # -- construction helpers ------------------------------------------------------------------
 

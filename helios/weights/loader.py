@@ -53,7 +53,7 @@ def load_weights(model: nn.Module, tensors: Iterable[tuple[str, Any]], *, strict
     params = dict(model.named_parameters())
     report = LoadReport()
     unexpected: list[str] = []
-    misshaped: list[str] = []
+    misshaped: dict[str, str] = {}
     for name, source in tensors:
         param = params.get(name)
         if param is None:
@@ -65,17 +65,17 @@ def load_weights(model: nn.Module, tensors: Iterable[tuple[str, Any]], *, strict
         try:
             report.bytes_read += weight_loader_of(param)(param, source)
         except ValueError as exc:
-            misshaped.append(f"{name}: {exc}")
+            misshaped[name] = f"{name}: {exc}"
             continue
         report.loaded.append(name)
-    missing = sorted(set(params) - set(report.loaded))
+    missing = sorted(set(params) - set(report.loaded) - set(misshaped))
     problems = []
     if missing:
         problems.append(f"missing tensors {missing}")
     if unexpected:
         problems.append(f"unexpected tensors {sorted(unexpected)}")
     if misshaped:
-        problems.append(f"misshaped tensors {misshaped}")
+        problems.append(f"misshaped tensors {sorted(misshaped.values())}")
     if problems and (strict or misshaped):
         raise ValueError("checkpoint does not match the Helios transformer: " + "; ".join(problems))
     return report
