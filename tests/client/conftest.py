@@ -21,9 +21,9 @@ def _live_server_module():
 
 
 @pytest.fixture(scope="session")
-def helios_server(ray_cluster, tiny_pipeline_dir, tmp_path_factory):
+def helios_server(ray_cluster, tiny_pipeline_dir):
     """URL and API key of the real Helios Serve app (test-pattern + helios-tiny)."""
-    return _live_server_module().live_server(tiny_pipeline_dir, tmp_path_factory.mktemp("helios-cache"))
+    return _live_server_module().live_server(tiny_pipeline_dir)
 
 
 @pytest.fixture
