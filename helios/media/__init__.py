@@ -10,6 +10,7 @@ from helios.media.framing import frames_of, pack_chunk, pack_end, unpack_stream
 from helios.media.mjpeg import encode_parts, split_parts
 from helios.media.mp4 import FragmentedMp4Encoder, Mp4Chunk, Mp4Fragment, Mp4Timeline
 from helios.media.recording import RecordingWriter
+from helios.media.skipforward import SkipForward, skip_forward
 
 __all__ = [
     "FORMATS",
@@ -22,6 +23,7 @@ __all__ = [
     "Mp4Timeline",
     "RecordingWriter",
     "SessionFanout",
+    "SkipForward",
     "StreamFormat",
     "Viewer",
     "encode_parts",
@@ -30,6 +32,7 @@ __all__ = [
     "pack_chunk",
     "pack_end",
     "parse_format",
+    "skip_forward",
     "split_parts",
     "unpack_stream",
 ]

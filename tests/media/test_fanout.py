@@ -194,3 +194,23 @@ def test_bad_fanout_options():
         SessionFanout("s", FanoutStats(), window=0)
     with pytest.raises(ValueError, match="viewer_queue"):
         SessionFanout("s", FanoutStats(), viewer_queue=0)
+
+
+def test_skip_forward_keeps_the_first_and_newest_pieces():
+    from helios.media.skipforward import SkipForward
+
+    async def source():
+        for k in range(6):
+            yield framing.pack_chunk(make_frames(k, n=1, h=h, w=w), chunk=k, first_frame=k, prompt=None, fps=24)
+        yield framing.pack_end("done")
+
+    async def main():
+        sf = SkipForward(source(), "msgpack", max_buffered=3)
+        await sf.wait_finished()  # the client read nothing while the source ran
+        return sf, [p async for p in sf]
+
+    sf, pieces = run(main())
+    assert [m.get("chunk", m["type"]) for m in framing.unpack_stream(pieces)] == [0, 5, "end"]
+    assert (sf.received, sf.dropped) == (7, 4)
+    with pytest.raises(ValueError, match="max_buffered"):
+        SkipForward(source(), "msgpack", max_buffered=1)

@@ -1,0 +1,251 @@
+"""Relay deployment: pulls a session's chunks from its actor and streams them to any number of viewers.
+
+Any replica can serve any session: it finds the session actor by name and long-polls its
+`wait_chunks`. Per replica there is one feed task per session, shared by all of that
+replica's viewers and its recording; each chunk is fetched once and encoded once per
+format (helios.media.fanout), and slow viewers are skipped forward by whole chunks.
+
+The front door calls `stream` with `handle.options(stream=True)` and wraps the
+generator in a StreamingResponse with `media_type(fmt)`. Ray Serve streams have no
+backpressure: a consumer that stops reading lets items pile up on its side; wrap the
+generator in `skip_forward` (below) to keep that bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from deployments.naming import NAMESPACE, is_valid_session_id, session_actor_name
+from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
+from helios.media.formats import media_type, parse_format
+from helios.media.recording import RecordingWriter
+from helios.media.skipforward import SkipForward, skip_forward
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Relay", "RelayConfig", "SkipForward", "media_type", "skip_forward"]
+
+
+class RelayConfig(BaseModel):
+    """Options of the relay deployment (all replicas share them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_chunks: int = Field(8, ge=1, description="Recent chunks each replica keeps per session for late joiners (from=chunk).")
+    viewer_queue_chunks: int = Field(2, ge=1, description="Chunks a viewer may fall behind before the oldest is dropped.")
+    poll_timeout_s: float = Field(10.0, gt=0, le=60, description="Long-poll timeout of wait_chunks calls to the session actor.")
+    jpeg_quality: int = Field(80, ge=1, le=100, description="MJPEG JPEG quality.")
+    pace_mjpeg: bool = Field(True, description="Release MJPEG frames at the stream fps (a browser shows parts as they come).")
+    mp4_preset: str = Field("veryfast", description="libx264 preset of the fragmented MP4 stream.")
+    mp4_crf: int = Field(23, ge=0, le=51, description="libx264 constant rate factor (quality) of the MP4 stream.")
+    recordings_dir: str = Field(
+        default_factory=lambda: os.path.join(tempfile.gettempdir(), "helios-recordings"),
+        description="Folder of session recordings: <recordings_dir>/<session_id>/recording.mp4.",
+    )
+    namespace: str = Field(NAMESPACE, description="Ray namespace of the session actors.")
+
+
+def _check_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not is_valid_session_id(session_id):
+        raise ValueError(f"session_id {session_id!r} is not a valid session id (32 lowercase hex characters)")
+    return session_id
+
+
+def _check_from(from_chunk: Any) -> int | None:
+    if from_chunk is None:
+        return None
+    if isinstance(from_chunk, bool) or not isinstance(from_chunk, (int, np.integer)) or from_chunk < 0:
+        raise ValueError(f"from must be a chunk index >= 0, got {from_chunk!r}")
+    return int(from_chunk)
+
+
+async def _load_ref(ref: ray.ObjectRef) -> np.ndarray:
+    frames = await ref
+    return np.asarray(frames, dtype=np.uint8)
+
+
+class _Feed:
+    """One session's long poll on one replica, feeding its SessionFanout."""
+
+    def __init__(self, session_id: str, fanout: SessionFanout, config: RelayConfig):
+        self.session_id = session_id
+        self.fanout = fanout
+        self.config = config
+        self.users = 0
+        self.ready = asyncio.Event()
+        self.error: str | None = None
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        name = session_actor_name(self.session_id)
+        try:
+            actor = await asyncio.to_thread(ray.get_actor, name, namespace=self.config.namespace)
+        except ValueError:
+            self.error = f"session_id {self.session_id!r}: no such session"
+            self.fanout.finish("no such session")
+            self.ready.set()
+            return
+        after, timeout = -1, 0.0  # the first poll answers at once with the session's whole ring
+        try:
+            while True:
+                reply = await actor.wait_chunks.remote(after, timeout)
+                for item in reply.get("chunks", []):
+                    ref = item["refs"][0]
+                    entry = ChunkEntry(item["chunk"], item.get("meta") or {}, lambda ref=ref: _load_ref(ref))
+                    self.fanout.publish(entry)
+                    after = max(after, entry.chunk)
+                self.ready.set()
+                if reply.get("ended"):
+                    self.fanout.finish(reply.get("end_reason"))
+                    return
+                timeout = self.config.poll_timeout_s
+        except asyncio.CancelledError:
+            raise
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+            logger.info("session %s: actor gone (%s)", self.session_id, type(exc).__name__)
+            self.fanout.finish("session actor gone")
+        except Exception as exc:  # noqa: BLE001 - end the viewers' streams with the cause
+            logger.exception("session %s: relay feed failed", self.session_id)
+            self.fanout.finish(f"relay error: {exc}")
+        finally:
+            self.ready.set()
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.fanout.close()
+
+
+@serve.deployment(name="Relay", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+class Relay:
+    """Streams sessions to viewers (mjpeg | mp4 | msgpack) and writes their recordings."""
+
+    def __init__(self, config: RelayConfig | dict | None = None, **options: Any):
+        if isinstance(config, RelayConfig):
+            config = config.model_dump()
+        self.config = RelayConfig.model_validate({**(config or {}), **options})
+        self._stats = FanoutStats()
+        self._feeds: dict[str, _Feed] = {}
+        self._recordings: dict[str, asyncio.Task] = {}
+        self._writers: dict[str, RecordingWriter] = {}
+
+    # ---- feeds -----------------------------------------------------------------------
+    def _acquire(self, session_id: str) -> _Feed:
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            fanout = SessionFanout(
+                session_id,
+                self._stats,
+                window=self.config.window_chunks,
+                viewer_queue=self.config.viewer_queue_chunks,
+                jpeg_quality=self.config.jpeg_quality,
+                mp4_preset=self.config.mp4_preset,
+                mp4_crf=self.config.mp4_crf,
+                pace_mjpeg=self.config.pace_mjpeg,
+            )
+            feed = _Feed(session_id, fanout, self.config)
+            self._feeds[session_id] = feed
+        feed.users += 1
+        return feed
+
+    def _release(self, feed: _Feed) -> None:
+        feed.users -= 1
+        if feed.users <= 0 and self._feeds.get(feed.session_id) is feed:
+            del self._feeds[feed.session_id]
+            feed.close()
+
+    # ---- public API --------------------------------------------------------------------
+    async def stream(self, session_id: str, fmt: str = "mp4", from_chunk: int | None = None) -> AsyncIterator[bytes]:
+        """The session's stream in `fmt`, from the live edge or `from_chunk`, until the session ends."""
+        fmt = parse_format(fmt)
+        _check_session_id(session_id)
+        from_chunk = _check_from(from_chunk)
+        feed = self._acquire(session_id)
+        try:
+            await feed.ready.wait()
+            if feed.error:
+                raise ValueError(feed.error)
+            viewer = feed.fanout.subscribe(fmt, from_chunk)
+            async for piece in feed.fanout.stream(viewer):
+                yield piece
+        finally:
+            self._release(feed)
+
+    async def start_recording(self, session_id: str) -> str:
+        """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its path."""
+        _check_session_id(session_id)
+        path = self._recording_file(session_id)
+        if session_id in self._recordings:
+            return str(path)
+        feed = self._acquire(session_id)
+        await feed.ready.wait()
+        if feed.error:
+            self._release(feed)
+            raise ValueError(feed.error)
+        writer = RecordingWriter(path)
+        self._writers[session_id] = writer
+
+        task = feed.fanout.record(writer)
+        task.add_done_callback(lambda _: self._release(feed))
+        self._recordings[session_id] = task
+        return str(path)
+
+    def recording_path(self, session_id: str) -> str | None:
+        """Path of the session's recording file if it exists (on this node), else None."""
+        _check_session_id(session_id)
+        path = self._recording_file(session_id)
+        return str(path) if path.exists() else None
+
+    def recording_info(self, session_id: str) -> dict:
+        """{"path", "exists", "recording" (written by this replica now), "chunks", "complete"}."""
+        _check_session_id(session_id)
+        path = self._recording_file(session_id)
+        writer = self._writers.get(session_id)
+        return {
+            "path": str(path),
+            "exists": path.exists(),
+            "recording": writer is not None and not writer.closed,
+            "chunks": writer.chunks if writer else None,
+            "complete": writer.closed if writer else None,
+        }
+
+    async def wait_recording(self, session_id: str, timeout_s: float = 30.0) -> dict:
+        """Wait (at most `timeout_s`) until this replica's recording of the session is complete; its recording_info."""
+        _check_session_id(session_id)
+        task = self._recordings.get(session_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=max(0.0, float(timeout_s)))
+        return self.recording_info(session_id)
+
+    def stats(self) -> dict:
+        """Counters of this replica: viewers per session and format, encodes, encode ms, latency to first byte."""
+        sessions = {
+            sid: {
+                "viewers": feed.fanout.viewer_counts(),
+                "oldest": feed.fanout.oldest,
+                "latest": feed.fanout.latest,
+                "ended": feed.fanout.ended,
+                "recording": sid in self._recordings and not self._recordings[sid].done(),
+            }
+            for sid, feed in self._feeds.items()
+        }
+        return {"sessions": sessions, **self._stats.snapshot()}
+
+    def _recording_file(self, session_id: str) -> Path:
+        return Path(self.config.recordings_dir).expanduser() / session_id / "recording.mp4"
+
+    async def __del__(self) -> None:  # Serve calls it on replica shutdown
+        for task in self._recordings.values():
+            task.cancel()
+        for feed in list(self._feeds.values()):
+            feed.close()
