@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import torch
 import torch.distributed as tdist
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def init_tp_group(
 ) -> TPGroup:
     """Join (or create) the process group of `world_size` ranks through deepspeed.comm and return
     the TP group spanning all of them. Safe to call when torch.distributed is already initialised:
-    the existing default group is reused and must agree with `rank` and `world_size`."""
+    the existing default group is reused and must agree with `rank` and `world_size`.
+    With NCCL the caller selects the CUDA device first (a Ray GPU worker sees just its own)."""
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend={backend!r} must be 'gloo' or 'nccl'")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -91,8 +91,6 @@ def init_tp_group(
         return TPGroup.from_process_group(None)
     import deepspeed
 
-    if backend == "nccl" and torch.cuda.is_available():
-        torch.cuda.set_device(torch.cuda.current_device())
     deepspeed.init_distributed(
         dist_backend=backend,
         auto_mpi_discovery=False,

@@ -1,0 +1,240 @@
+"""Transformer forward benchmark; prints one JSON line per measurement.
+
+CPU (default): the tiny model at the test geometry (9 latent frames of 16x16 + full history),
+forward time at TP=1 vs TP=2 (two gloo processes, the CPU threads split between ranks).
+
+    python bench/bench_transformer.py
+    python bench/bench_transformer.py --preset small --repeats 5
+
+GPU (`--device cuda`): the 14B model at full resolution (11,040 tokens, bf16, random weights)
+at TP=1 on one GPU, and one rank's share of TP=2/4/8 run alone on that GPU (collectives
+excluded), with achieved TFLOP/s against the GPU's dense bf16 peak.
+
+    python bench/bench_transformer.py --device cuda --preset 14b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helios.accounting import forward_flops  # noqa: E402
+from helios.config import HeliosConfig  # noqa: E402
+
+# Dense bf16 tensor-core peaks (TFLOP/s), by substring of the device name.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+
+PRESETS = {
+    "tiny": lambda: HeliosConfig.tiny(num_attention_heads=4),
+    "small": lambda: HeliosConfig.tiny(num_attention_heads=8, attention_head_dim=64, rope_dim=(24, 20, 20),
+                                       num_layers=4, ffn_dim=1024, text_dim=256),
+    "14b": HeliosConfig.helios_14b,
+}
+
+
+def make_inputs(config: HeliosConfig, frames: int, height: int, width: int, text_tokens: int,
+                device: str, dtype: torch.dtype) -> dict:
+    """Current latents (frames x height x width) with full history: short 2, mid 2, long 16 frames."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    c = config.in_channels
+    return dict(
+        hidden_states=rand(1, c, frames, height, width),
+        timestep=torch.tensor([500], device=device),
+        encoder_hidden_states=rand(1, text_tokens, config.text_dim),
+        indices_hidden_states=torch.arange(19, 19 + frames, device=device)[None],
+        latents_history_short=rand(1, c, 2, height, width),
+        indices_latents_history_short=torch.tensor([[0, 18]], device=device),
+        latents_history_mid=rand(1, c, 2, height, width),
+        indices_latents_history_mid=torch.tensor([[16, 17]], device=device),
+        latents_history_long=rand(1, c, 16, height, width),
+        indices_latents_history_long=torch.arange(16, device=device)[None],
+    )
+
+
+def token_count(frames: int, height: int, width: int) -> tuple[int, int]:
+    """(total, history) tokens for the (1,2,2) patch geometry of make_inputs."""
+    current = frames * (height // 2) * (width // 2)
+    short = 2 * (height // 2) * (width // 2)
+    mid = -(-height // 4) * -(-width // 4)
+    long = 4 * -(-height // 8) * -(-width // 8)
+    return current + short + mid + long, short + mid + long
+
+
+def time_forward(model, inputs: dict, repeats: int, warmup: int, sync=lambda: None) -> list[float]:
+    """Wall seconds of each timed forward (after `warmup` untimed ones)."""
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            model(**inputs)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+# -- CPU: TP=1 vs TP=2 over gloo ---------------------------------------------------------------
+
+
+def _cpu_rank(rank: int, world: int, port: int, ckpt: str, args: argparse.Namespace, out: str) -> None:
+    torch.set_num_threads(max(1, args.threads // world))
+    from helios.model import HeliosTransformer
+    from helios.parallel import init_tp_group
+
+    tp = init_tp_group(rank, world, master_addr="127.0.0.1", master_port=port) if world > 1 else None
+    model = HeliosTransformer.from_pretrained(ckpt, tp_group=tp)
+    inputs = make_inputs(model.config, args.frames, args.height, args.width, args.text_tokens, "cpu", torch.float32)
+    times = time_forward(model, inputs, args.repeats, args.warmup)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times))
+    if tp is not None:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def bench_cpu(args: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    from helios.weights.tiny import make_tiny_transformer
+
+    config = PRESETS[args.preset]()
+    tokens, history = token_count(args.frames, args.height, args.width)
+    flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens).flops_per_forward
+    medians = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_tiny_transformer(Path(tmp) / "ckpt", config)
+        for world in args.tp_sizes:
+            out = Path(tmp) / f"tp{world}.json"
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            mp.spawn(_cpu_rank, args=(world, port, str(ckpt), args, str(out)), nprocs=world)
+            times = json.loads(out.read_text())
+            medians[world] = statistics.median(times)
+            print(json.dumps({
+                "bench": "transformer_forward", "device": "cpu", "preset": args.preset, "tp": world,
+                "threads_per_rank": max(1, args.threads // world), "tokens": tokens,
+                "median_s": round(medians[world], 5), "min_s": round(min(times), 5), "repeats": len(times),
+                "gflops_per_forward": round(flops / 1e9, 3),
+            }), flush=True)
+    base = medians[args.tp_sizes[0]]
+    for world in args.tp_sizes[1:]:
+        print(json.dumps({
+            "bench": "transformer_forward_ratio", "device": "cpu", "preset": args.preset,
+            "ratio": f"tp{args.tp_sizes[0]}_over_tp{world}", "value": round(base / medians[world], 3),
+            "note": "speed-up of TP over TP=1 on the same cores (>1 means faster)",
+        }), flush=True)
+
+
+# -- GPU: 14B TP=1 and one rank's share of TP=N ------------------------------------------------
+
+
+@torch.no_grad()
+def _fill_random_(model: torch.nn.Module) -> None:
+    """Random weights generated on the device (the CPU generator of randomize_ is too slow for 14B)."""
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if param.ndim == 1:
+            param.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+        elif "scale_shift_table" in name:
+            param.normal_(0.0, param.shape[-1] ** -0.5)
+        else:
+            param.normal_(0.0, param[0].numel() ** -0.5)
+
+
+def bench_share(args: argparse.Namespace) -> None:
+    """One rank's share of TP=N alone on one device (cuda normally; cpu only as a smoke test)."""
+    import helios.model.layers as layers
+    from helios.model import HeliosTransformer
+    from helios.parallel import TPGroup
+    from helios.weights.loader import materialize_
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"bench": "transformer_forward", "device": "cuda", "measured": False,
+                          "note": "no CUDA device in this run"}))
+        return
+    cuda = device == "cuda"
+    # one rank alone: the all-reduces are skipped (their cost is what `allreduce_payload_bytes` estimates)
+    layers.reduce_from_tp_region = lambda x, tp: x
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    config = PRESETS[args.preset]()
+    tokens, history = token_count(args.frames, args.height, args.width)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for world in args.tp_sizes:
+        with torch.device("meta"):
+            model = HeliosTransformer(config, tp_group=TPGroup(0, world) if world > 1 else None)
+        model.cast_(dtype)
+        materialize_(model, device)
+        _fill_random_(model)
+        inputs = make_inputs(config, args.frames, args.height, args.width, args.text_tokens, device, dtype)
+        times = time_forward(model, inputs, args.repeats, args.warmup, sync)
+        flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens, tp=world)
+        med = statistics.median(times)
+        achieved = flops.flops_per_rank / med / 1e12
+        print(json.dumps({
+            "bench": "transformer_forward" if world == 1 else "transformer_rank_share",
+            "device": name, "preset": args.preset, "dtype": str(dtype).removeprefix("torch."), "tp": world,
+            "tokens": tokens,
+            "collectives": "excluded" if world > 1 else "none",
+            "median_s": round(med, 4), "min_s": round(min(times), 4), "repeats": len(times),
+            "tflops_per_rank": round(flops.flops_per_rank / 1e12, 4), "achieved_tflops": round(achieved, 4),
+            "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None,
+            "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        }), flush=True)
+        del model, inputs
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Helios transformer forward benchmark (JSON lines)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--mode", choices=["tp", "share"], default=None,
+                        help="tp: real TP ranks over gloo (cpu default); share: one rank's share alone (cuda default)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="cpu: tiny, cuda: 14b")
+    parser.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--frames", type=int, default=9, help="current latent frames")
+    parser.add_argument("--height", type=int, default=None, help="latent height (cpu 16, cuda 48)")
+    parser.add_argument("--width", type=int, default=None, help="latent width (cpu 16, cuda 80)")
+    parser.add_argument("--text-tokens", type=int, default=None, help="cpu 16, cuda 512")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpu threads shared by the ranks")
+    args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.mode = args.mode or ("share" if gpu else "tp")
+    if args.mode == "tp" and gpu:
+        parser.error("--mode tp runs gloo ranks on CPU; use --mode share with --device cuda")
+    args.preset = args.preset or ("14b" if gpu else "tiny")
+    args.tp_sizes = args.tp_sizes or ([1, 2, 4, 8] if gpu else [1, 2])
+    args.height = args.height or (48 if gpu else 16)
+    args.width = args.width or (80 if gpu else 16)
+    args.text_tokens = args.text_tokens or (512 if gpu else 16)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    (bench_share if args.mode == "share" else bench_cpu)(args)
+
+
+if __name__ == "__main__":
+    main()
