@@ -179,6 +179,7 @@ class HeliosModel(VideoModel):
         """Stop and forget everything but the seed: history, prompts, image; the next start is chunk 0."""
         frame, chunk = self._frames, self._chunk
         self._epoch += 1
+        self._generating = False  # a chunk in flight belongs to the old stream and is discarded
         self._started = False
         self._paused = False
         self._chunk = 0

@@ -65,6 +65,7 @@ class GatedEngine:
         self.frames_per_chunk, self.fps = inner.frames_per_chunk, inner.fps
         self.calls: list[tuple[Any, ...]] = []
         self.begun = 0
+        self.finished = 0
         self._allowed = 0
         self._cond = threading.Condition()
 
@@ -106,11 +107,16 @@ class GatedEngine:
             self.calls.append(("next_chunk", self.inner.chunk_index))
             self._cond.notify_all()
             while self._allowed == 0:
-                if ctx.should_stop():
-                    raise RuntimeError("session stopped while the chunk waited at the gate")
+                if ctx.should_stop():  # end quietly: the loop drops this chunk and returns
+                    frames = np.zeros((self.frames_per_chunk, self.height, self.width, 3), dtype=np.uint8)
+                    return ChunkResult(chunk=self.inner.chunk_index, frames=frames, prompt="", seed=0)
                 self._cond.wait(0.05)
             self._allowed -= 1
-        return self.inner.next_chunk()
+        result = self.inner.next_chunk()
+        with self._cond:
+            self.finished += 1
+            self._cond.notify_all()
+        return result
 
 
 class Recorder:
