@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -32,7 +32,6 @@ class _Chunk:
     frames: np.ndarray
     info: dict[str, Any]
     pos: int = 0
-    started: bool = field(default=False)
 
 
 class Playback:
@@ -47,6 +46,7 @@ class Playback:
         lookahead: int = 1,
         release: ReleaseMode = "frame",
         name: str = "playback",
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps: must be > 0, got {fps}")
@@ -55,6 +55,7 @@ class Playback:
         if release not in ("frame", "chunk"):
             raise ValueError(f"release: must be 'frame' or 'chunk', got {release!r}")
         self._deliver = deliver
+        self._on_error = on_error
         self._clock = clock
         self.fps = float(fps)
         self.lookahead = lookahead
@@ -136,9 +137,11 @@ class Playback:
         try:
             while self._release_one():
                 pass
-        except Exception:  # noqa: BLE001 - a broken sink must not hang the generator
+        except Exception as exc:  # noqa: BLE001 - a broken sink must not hang the generator
             log.exception("frame release failed; dropping the rest of the stream")
             self.abort()
+            if self._on_error is not None:
+                self._on_error(exc)
 
     def _release_one(self) -> bool:
         period = 1.0 / self.fps
@@ -148,16 +151,25 @@ class Playback:
                 return False
             now = self._clock.now()
             due = None if self._base is None else self._base + self._k * period
-            if due is None or now - due > period:
+            head = self._queue[0]
+            if head.pos < len(head.frames) and (due is None or now - due > period):
                 # Nothing was ready when a frame was due (generator slower than real time, or
                 # the start): restart the schedule here instead of bursting to catch up.
                 self._base, self._k, due = now, 0, now
+        assert due is not None
         if not self._clock.sleep_until(due, self._abort):
             return False
         with self._cond:
             if self._abort.is_set() or not self._queue:
                 return False
             item = self._queue[0]
+            if item.pos >= len(item.frames):
+                # A chunk released whole ("chunk" mode) counts as playing until its last frame's
+                # time has passed, so the lookahead bound means the same in both modes.
+                self._queue.popleft()
+                self._chunks_done += 1
+                self._cond.notify_all()
+                return True
             n = 1 if self.release == "frame" else len(item.frames) - item.pos
             block = item.frames[item.pos : item.pos + n]
             info = {
@@ -172,10 +184,11 @@ class Playback:
             item.pos += n
             self._released += n
             self._k += n
-            self._history.append((self._clock.now(), n))
-            while self._history and self._history[0][0] < self._clock.now() - FPS_WINDOW_S:
+            now = self._clock.now()
+            self._history.append((now, n))
+            while self._history and self._history[0][0] < now - FPS_WINDOW_S:
                 self._history.popleft()
-            if item.pos >= len(item.frames):
+            if item.pos >= len(item.frames) and self.release == "frame":
                 self._queue.popleft()
                 self._chunks_done += 1
             self._cond.notify_all()

@@ -75,6 +75,7 @@ class Session:
             lookahead=lookahead,
             release=release,
             name=f"session-{self.session_id}",
+            on_error=self._release_failed,
         )
         self._cmd_thread = threading.Thread(
             target=self._run_commands, name=f"session-{self.session_id}-commands", daemon=True
@@ -159,6 +160,11 @@ class Session:
         info.setdefault("prompt", None)
         self._emitted += 1
         self._playback.push(frames, info)
+
+    def _release_failed(self, exc: BaseException) -> None:
+        """The sink could not take frames: the stream is broken, end the session."""
+        self._send(error_message(f"frame delivery failed: {type(exc).__name__}: {exc}"))
+        self.stop("error")
 
     def _deliver_frames(self, frames: np.ndarray, info: dict[str, Any]) -> None:
         with self._frames_lock:

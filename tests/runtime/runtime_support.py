@@ -187,3 +187,12 @@ def drive(clock: Any, sink: MemorySink, frames: int, timeout: float = 30.0) -> N
         if sink.frame_count >= frames:
             return
         clock.advance_to(clock.next_deadline())
+
+
+def run_out(clock: Any, session: Session, timeout: float = 30.0) -> None:
+    """Advance a FakeClock until the session has ended (playback drained)."""
+    while True:
+        clock.wait_for(lambda: session.ended or clock.has_sleeper(), timeout)
+        if session.ended:
+            return
+        clock.advance_to(clock.next_deadline())

@@ -8,7 +8,7 @@ import pytest
 from helios.model_helios import HeliosModel
 from helios.runtime import FakeClock, MemorySink, Session, VideoModel, get_ctx
 
-from runtime_support import FastEngine, drive, GatedEngine, event, session_threads
+from runtime_support import FastEngine, drive, run_out, GatedEngine, event, session_threads
 
 FPS = 24.0
 N = 4  # frames per chunk
@@ -32,25 +32,29 @@ class Blocks(VideoModel):
             ctx.emit_block(np.full((N, 8, 8, 3), i, dtype=np.uint8), chunk=i, prompt=f"p{i}")
 
 
+@pytest.mark.parametrize("release", ["frame", "chunk"])
 @pytest.mark.parametrize("lookahead", [1, 2])
-def test_frames_every_period_and_generator_within_lookahead(lookahead):
+def test_frames_every_period_and_generator_within_lookahead(lookahead, release):
     clock = FakeClock(100.0)
     sink = MemorySink(clock)
     model = Blocks(chunks=6)
-    session = Session(model, sink, clock=clock, lookahead=lookahead).start()
+    session = Session(model, sink, clock=clock, lookahead=lookahead, release=release).start()
     # Before any time passes, the generator runs ahead by exactly `lookahead` chunks.
     clock.wait_for(lambda: len(model.released_at_start) == lookahead + 1)
-    drive(clock, sink, 6 * N)
-    assert session.wait_ended(30) and session.join(10)
+    run_out(clock, session)
+    assert session.join(10)
+    per_block = 1 if release == "frame" else N
     times = np.array(sink.release_times)
-    assert len(times) == 6 * N and all(len(b.frames) == 1 for b in sink.blocks)
-    np.testing.assert_allclose(np.diff(times), 1 / FPS, rtol=1e-9)
+    assert sink.frame_count == 6 * N and all(len(b.frames) == per_block for b in sink.blocks)
+    np.testing.assert_allclose(np.diff(times), per_block / FPS, rtol=1e-9)
     assert times[0] == 100.0
+    # The stream ended only after its last frame was shown (a whole chunk: after its duration).
+    assert clock.now() == pytest.approx(100.0 + (6 * N if release == "chunk" else 6 * N - 1) / FPS)
     # The generator starts chunk n only when at most `lookahead` earlier chunks are unplayed.
     assert model.released_at_start[: lookahead + 1] == [0] * (lookahead + 1)
     for n, released in enumerate(model.released_at_start):
         assert n - released <= lookahead, (n, released)
-    assert [b.info["chunk"] for b in sink.blocks] == [i for i in range(6) for _ in range(N)]
+    assert [b.info["chunk"] for b in sink.blocks] == [i for i in range(6) for _ in range(N // per_block)]
     assert sink.messages[-1] == event("session_ended", reason="completed")
 
 
@@ -58,8 +62,8 @@ def test_chunk_release_hands_whole_chunks_at_their_first_frame_time():
     clock = FakeClock()
     sink = MemorySink(clock)
     session = Session(Blocks(chunks=4), sink, clock=clock, release="chunk").start()
-    drive(clock, sink, 4 * N)
-    assert session.wait_ended(30) and session.join(10)
+    run_out(clock, session)
+    assert session.join(10)
     assert [len(b.frames) for b in sink.blocks] == [N] * 4
     np.testing.assert_allclose(sink.release_times, [i * N / FPS for i in range(4)], rtol=1e-9, atol=1e-12)
     assert [b.info["first_frame"] for b in sink.blocks] == [0, N, 2 * N, 3 * N]
@@ -129,3 +133,19 @@ def test_prompt_set_while_running_is_used_by_the_next_generated_chunk():
     finally:
         session.stop()
         assert session.join(10)
+
+
+class BrokenSink(MemorySink):
+    def on_frames(self, frames, info):
+        raise OSError("viewer pipe closed")
+
+
+def test_a_sink_that_cannot_take_frames_ends_the_session_with_an_error():
+    sink = BrokenSink()
+    session = Session(Blocks(chunks=1000), sink, fps=1000.0).start()
+    assert session.wait_ended(30) and session.join(10)
+    assert sink.messages[-2:] == [
+        event("error", message="frame delivery failed: OSError: viewer pipe closed"),
+        event("session_ended", reason="error"),
+    ]
+    assert session_threads(session) == []
