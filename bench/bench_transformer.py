@@ -110,6 +110,16 @@ def _cpu_rank(rank: int, world: int, port: int, ckpt: str, args: argparse.Namesp
         tdist.destroy_process_group()
 
 
+def _time_diffusers(ckpt: Path, config: HeliosConfig, args: argparse.Namespace) -> float:
+    """Median forward time of diffusers' model on the same checkpoint and inputs (TP=1)."""
+    from diffusers import HeliosTransformer3DModel
+
+    torch.set_num_threads(args.threads)
+    model = HeliosTransformer3DModel.from_pretrained(ckpt).eval()
+    inputs = make_inputs(config, args.frames, args.height, args.width, args.text_tokens, "cpu", torch.float32)
+    return statistics.median(time_forward(model, inputs, args.repeats, args.warmup))
+
+
 def bench_cpu(args: argparse.Namespace) -> None:
     import torch.multiprocessing as mp
 
@@ -134,6 +144,14 @@ def bench_cpu(args: argparse.Namespace) -> None:
                 "threads_per_rank": max(1, args.threads // world), "tokens": tokens,
                 "median_s": round(medians[world], 5), "min_s": round(min(times), 5), "repeats": len(times),
                 "gflops_per_forward": round(flops / 1e9, 3),
+            }), flush=True)
+        if not args.no_reference:
+            medians["diffusers"] = _time_diffusers(ckpt, config, args)
+            print(json.dumps({
+                "bench": "transformer_forward_ratio", "device": "cpu", "preset": args.preset,
+                "ratio": "diffusers_over_ours_tp1", "value": round(medians["diffusers"] / medians[1], 3),
+                "diffusers_median_s": round(medians["diffusers"], 5),
+                "note": "diffusers HeliosTransformer3DModel time over ours at TP=1 (>1 means ours is faster)",
             }), flush=True)
     base = medians[args.tp_sizes[0]]
     for world in args.tp_sizes[1:]:
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None, help="latent width (cpu 16, cuda 80)")
     parser.add_argument("--text-tokens", type=int, default=None, help="cpu 16, cuda 512")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-reference", action="store_true", help="cpu: skip timing diffusers' model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpu threads shared by the ranks")
     args = parser.parse_args(argv)

@@ -1,0 +1,60 @@
+"""TP group handle and parallel layers without processes (world size 1 / argument checks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as tdist
+
+from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowParallelLinear, divide
+from helios.parallel import TPGroup, init_tp_group
+
+
+def test_tp_group_checks_rank():
+    assert TPGroup(1, 2).rank == 1
+    with pytest.raises(ValueError, match=r"rank=2 must be in \[0, 2\)"):
+        TPGroup(2, 2)
+    with pytest.raises(ValueError, match="world_size=0"):
+        TPGroup(0, 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rank=0, world_size=2, backend="mpi"), r"backend='mpi' must be 'gloo' or 'nccl'"),
+        (dict(rank=3, world_size=2), r"rank=3 must be in \[0, world_size=2\)"),
+        (dict(rank=0, world_size=2, master_port=70000), r"master_port=70000"),
+    ],
+)
+def test_init_tp_group_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        init_tp_group(**kwargs)
+
+
+def test_from_process_group_needs_initialised_torch_distributed():
+    if tdist.is_initialized():
+        pytest.skip("torch.distributed initialised by another test in this process")
+    with pytest.raises(ValueError, match="torch.distributed is not initialised"):
+        TPGroup.from_process_group(None)
+
+
+def test_divide_names_the_dimension():
+    assert divide(128, 4) == 32
+    with pytest.raises(ValueError, match="out_features=130 is not divisible by the tensor-parallel size 4"):
+        ColumnParallelLinear(8, 130, tp=TPGroup(0, 4))
+
+
+def test_layers_at_world_size_one_are_plain_layers():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    col, row, norm = ColumnParallelLinear(8, 12, tp=None), RowParallelLinear(12, 8, tp=None), DistributedRMSNorm(12, eps=1e-6, tp=None)
+    for p in [*col.parameters(), *row.parameters(), *norm.parameters()]:
+        p.data.normal_()
+    y = row(norm(col(x)))
+    ref = torch.nn.functional.linear(
+        torch.nn.functional.rms_norm(torch.nn.functional.linear(x, col.weight, col.bias), (12,), norm.weight, 1e-6),
+        row.weight,
+        row.bias,
+    )
+    assert torch.allclose(y, ref)
+    assert "tp=1" in repr(col) and "in_per_rank=12" in repr(row)
