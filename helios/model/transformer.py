@@ -326,10 +326,11 @@ class HeliosTransformer(nn.Module):
         path: str | Path,
         *,
         tp_group: TPGroup | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
     ) -> "HeliosTransformer":
-        """Load a diffusers-format transformer folder; each rank reads only its own slices."""
+        """Load a diffusers-format transformer folder (or a pipeline folder's `transformer/`);
+        each rank reads only its own slices. dtype defaults to float32, device to CPU."""
         from helios.weights.loader import load_transformer
 
         return load_transformer(path, tp_group=tp_group, dtype=dtype, device=device)

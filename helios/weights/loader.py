@@ -81,11 +81,41 @@ def load_weights(model: nn.Module, tensors: Iterable[tuple[str, Any]], *, strict
     return report
 
 
+DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """None -> float32; also accepts 'bf16', 'bfloat16', 'fp16', ... (ValueError naming a bad one)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
+            raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPE_NAMES)}")
+        return DTYPE_NAMES[dtype.removeprefix("torch.")]
+    if dtype not in DTYPE_NAMES.values():
+        raise ValueError(f"dtype={dtype} must be float32, bfloat16 or float16")
+    return dtype
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """None -> CPU; a CUDA device needs CUDA to be available."""
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a valid torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} requested but CUDA is not available")
+    return device
+
+
 def load_transformer(
     path: str | Path,
     *,
     tp_group: TPGroup | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     return_report: bool = False,
 ) -> HeliosTransformer | tuple[HeliosTransformer, LoadReport]:
@@ -94,8 +124,8 @@ def load_transformer(
     folder = resolve_transformer_dir(path)
     config = HeliosConfig.from_pretrained(folder)
     config.check_tp_size(tp_size(tp_group))
-    dtype = dtype or torch.float32
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     index = CheckpointIndex(folder)
 
     with torch.device("meta"):

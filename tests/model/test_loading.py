@@ -121,3 +121,14 @@ def test_pipeline_folder_layout_and_device_dtype(tiny_ckpt, tmp_path):
     model = HeliosTransformer.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16, device="cpu")
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert not any(p.is_meta or p.requires_grad for p in model.parameters())
+
+
+def test_dtype_and_device_arguments(tiny_ckpt):
+    assert HeliosTransformer.from_pretrained(tiny_ckpt, dtype="bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"dtype='int8' must be one of"):
+        HeliosTransformer.from_pretrained(tiny_ckpt, dtype="int8")
+    with pytest.raises(ValueError, match=r"device='nowhere' is not a valid torch device"):
+        HeliosTransformer.from_pretrained(tiny_ckpt, device="nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device='cuda' requested but CUDA is not available"):
+            HeliosTransformer.from_pretrained(tiny_ckpt, device="cuda")
