@@ -64,5 +64,5 @@ def build_app(args: Any) -> Application:
     except ImportError as exc:  # the relay is optional for the API itself (streams answer 503)
         logger.warning("no relay deployment available (%s): streams are disabled", exc)
     else:
-        relay = Relay.options(**serve_options(cfg.relay, "Relay")).bind(**cfg.relay.args)
+        relay = Relay.options(**serve_options(cfg.relay, "Relay")).bind(cfg.relay.args)
     return FrontDoor.options(**serve_options(cfg.front_door, "FrontDoor")).bind(cfg, relay)

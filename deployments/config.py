@@ -21,6 +21,10 @@ API_KEYS_ENV = "HELIOS_API_KEYS"
 """Environment variable with extra keys, `tenant:key,tenant:key`."""
 
 
+TINY_STREAM = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
+"""Stream settings of the tiny preset (the tiny checkpoint's own default is the full 384x640)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +50,11 @@ class ModelSpec(_Strict):
         description="Extra keyword arguments: pipeline `from_pretrained` overrides (helios) or TestPatternModel arguments.",
     )
     description: str = Field("", description="Shown by GET /v1/models.")
+
+    def pipeline_overrides(self) -> dict[str, Any]:
+        """`from_pretrained` overrides: the tiny preset's stream settings, then `options`."""
+        base = dict(TINY_STREAM) if self.preset == "tiny" and not self.path else {}
+        return {**base, **self.options}
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":

@@ -6,7 +6,7 @@ forwarded from the relay; the first item is read before the response starts so a
 early failure becomes a proper HTTP error.
 """
 
-from __future__ import annotations
+
 
 import asyncio
 import json
@@ -39,17 +39,14 @@ from deployments.http_models import (
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import NAMESPACE, is_valid_session_id
 from deployments.registry import get_or_create_registry
+from helios.media.formats import FORMATS, media_type
 
 logger = logging.getLogger(__name__)
 
 REPO_WEB = Path(__file__).resolve().parents[1] / "web"
 POLL_S = 10.0
 """Long-poll window of SSE/WS against the session actor (a keep-alive goes out after each empty one)."""
-STREAM_MEDIA = {
-    "mp4": "video/mp4",
-    "mjpeg": "multipart/x-mixed-replace; boundary=frame",
-    "msgpack": "application/x-msgpack",
-}
+STREAM_MEDIA = {fmt: media_type(fmt) for fmt in FORMATS}
 _LIMITS = {"max_body_bytes": 256 * 1024}
 
 app = FastAPI(
@@ -435,24 +432,22 @@ class FrontDoor:
         except Exception as exc:  # noqa: BLE001 - early relay failure → HTTP error, not a broken stream
             self.metrics.errors.labels("stream").inc()
             raise _relay_error(exc) from None
-        latency = self.metrics.chunk_latency.labels(format)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield first
+            async for piece in gen:
+                yield piece
 
         async def body() -> AsyncIterator[bytes]:
-            item = first
             try:
-                while True:
-                    data, produced_at = _unwrap(item)
-                    if produced_at:
-                        latency.observe(max(0.0, time.time() - produced_at))
-                    yield data
-                    item = await gen.__anext__()
-            except StopAsyncIteration:
-                return
+                async for piece in _skip_forward(pieces(), format):
+                    yield bytes(piece)
             except Exception as exc:  # noqa: BLE001 - the viewer sees the stream end; log why
                 self.metrics.errors.labels("stream").inc()
                 logger.warning("stream of %s ended with %s", session_id, exc)
             finally:
-                gen.cancel() if hasattr(gen, "cancel") else None
+                if hasattr(gen, "cancel"):
+                    gen.cancel()
 
         return StreamingResponse(body(), media_type=STREAM_MEDIA[format], headers={"Cache-Control": "no-cache"})
 
@@ -503,6 +498,11 @@ class FrontDoor:
             if actor is not None:
                 infos.append(actor.info.remote())
         results = await asyncio.gather(*infos, return_exceptions=True)
+        if self.relay is not None:
+            try:
+                self.metrics.observe_relay(await asyncio.wait_for(self.relay.stats.remote(), timeout=5))
+            except Exception as exc:  # noqa: BLE001 - metrics must render without the relay
+                logger.info("relay stats unavailable: %s", exc)
         text = self.metrics.render(stats, [r for r in results if isinstance(r, dict)])
         return Response(text, media_type="text/plain; version=0.0.4")
 
@@ -530,15 +530,13 @@ def _maybe_id(text: str) -> str | None:
         return None
 
 
-def _unwrap(item: Any) -> tuple[bytes, float | None]:
-    """Relay items are bytes, or (bytes, produced_at) when the relay reports chunk timing."""
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return bytes(item), None
-    if isinstance(item, tuple) and len(item) == 2:
-        return bytes(item[0]), item[1]
-    if isinstance(item, dict) and "data" in item:
-        return bytes(item["data"]), item.get("produced_at")
-    return bytes(item), None
+def _skip_forward(pieces: AsyncIterator[bytes], fmt: str) -> AsyncIterator[bytes]:
+    """The relay's slow-viewer guard when it offers one (bounded buffering per viewer)."""
+    try:
+        from deployments.relay import skip_forward
+    except ImportError:
+        return pieces
+    return skip_forward(pieces, fmt)
 
 
 def _relay_error(exc: Exception) -> HTTPException:

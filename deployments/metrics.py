@@ -22,7 +22,7 @@ class FrontDoorMetrics:
         self.errors = Counter("helios_errors", "Errors by kind (http_4xx, http_5xx, stream, session)", ["kind"], registry=r)
         self.chunk_latency = Histogram(
             "helios_chunk_latency_seconds",
-            "Generation end of a chunk to its first byte sent to a viewer, by format",
+            "Generation end of a chunk to its first byte sent to a viewer (measured by the relay)",
             ["format"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -36,6 +36,17 @@ class FrontDoorMetrics:
         self.fps = Gauge("helios_effective_fps", "Frames per second each active session produces", ["session"], registry=r)
         self.counters = Gauge("helios_registry_total", "Registry counters (created, rejected, failed, rebuilt)", ["counter"], registry=r)
         self._seen_gen: dict[str, int] = {}
+        self._seen_latency = 0
+
+    def observe_relay(self, relay_stats: dict) -> None:
+        """Feed the latency histogram with the relay samples this replica has not seen yet."""
+        lat = relay_stats.get("latency_s") or {}
+        count = int(lat.get("count") or 0)
+        samples = relay_stats.get("latency_samples_s") or []
+        new = count - self._seen_latency if count >= self._seen_latency else count  # a new relay replica restarts at 0
+        for s in samples[-new:] if new > 0 else []:
+            self.chunk_latency.labels("any").observe(float(s))
+        self._seen_latency = count
 
     def render(self, stats: dict, sessions: list[dict]) -> bytes:
         """Exposition text with the gauges set from the registry `stats` and session `info` dicts."""

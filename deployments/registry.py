@@ -133,7 +133,7 @@ class SessionRegistry:
                         device=spec.device,
                         dtype=spec.dtype,
                         cpus_per_worker=spec.cpus_per_worker,
-                        overrides=spec.options,
+                        overrides=spec.pipeline_overrides(),
                     )
                 except Exception as exc:  # noqa: BLE001 - keep trying: a group is capacity
                     pool.failed_builds += 1
@@ -261,7 +261,18 @@ class SessionRegistry:
             return False
         if rec.status == "starting":
             rec.status = "active"
+        self._spawn(self._start_recording(rec.session_id))
         return True
+
+    async def _start_recording(self, session_id: str) -> None:
+        """Ask the relay to write recording.mp4 from the first chunk on (best effort)."""
+        try:
+            from ray import serve
+
+            handle = await asyncio.to_thread(serve.get_deployment_handle, "Relay", self.config.app_name)
+            await handle.start_recording.remote(session_id)
+        except Exception as exc:  # noqa: BLE001 - no relay: no recording, the session still runs
+            logger.info("no recording for session %s: %s", session_id, exc)
 
     async def session_finished(self, session_id: str, reason: str | None, broken: str | None) -> None:
         """Called by a session actor (or on a failed start): free its slot, rebuild a broken group, admit the next."""
@@ -325,6 +336,14 @@ class SessionRegistry:
             await self.session_finished(session_id, reason, None)
         rec = self.ended.get(session_id) or rec
         return rec.public()
+
+    async def group_workers(self, group_id: str) -> list:
+        """Worker handles of a group (tests and operators: inspect or kill a rank)."""
+        for pool in self.pools.values():
+            for slot in list(pool.free) + list(pool.leased.values()):
+                if slot is not None and slot.group_id == group_id:
+                    return list(slot.workers)
+        raise ValueError(f"group_id {group_id!r}: no such shard group")
 
     async def stats(self) -> dict:
         """Counts for /metrics and /healthz."""

@@ -91,6 +91,8 @@ class SessionActor:
         self._changed = asyncio.Event()
         self._cmd_lock = threading.Lock()
         self._finalized = False
+        self._last_error: str | None = None
+        self._final_done: asyncio.Future | None = None
         self._watch_task = None
 
     # ---- start-up -------------------------------------------------------------------
@@ -144,6 +146,14 @@ class SessionActor:
         self._changed = asyncio.Event()
 
     def _add_message(self, message: dict) -> None:
+        data = message.get("data") or {}
+        if message.get("type") == "event" and data.get("event") == "error":
+            self._last_error = data.get("message")
+        if message.get("type") == "event" and data.get("event") == "session_ended" and data.get("reason") == "error":
+            # The runtime says only "error": name the cause (a dead shard worker, the failing call).
+            cause = self.engine.failure if self.engine is not None and self.engine.failure else self._last_error
+            if cause:
+                message = {"type": "event", "data": {**data, "reason": f"error: {cause}"}}
         self.messages.append((self.next_seq, message))
         self.next_seq += 1
         if message.get("type") == "state":
@@ -291,8 +301,17 @@ class SessionActor:
     async def _finalize(self, reason: str | None, start_failed: bool = False) -> None:
         """Give the group back (rebuilt if broken), then linger and exit. Runs once."""
         if self._finalized:
+            if self._final_done is not None:
+                await asyncio.shield(self._final_done)
             return
         self._finalized = True
+        self._final_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._finalize_once(reason, start_failed)
+        finally:
+            self._final_done.set_result(None)
+
+    async def _finalize_once(self, reason: str | None, start_failed: bool) -> None:
         self.ended = True
         self.end_reason = self.end_reason or reason
         if self.session is not None:

@@ -1,0 +1,121 @@
+"""One served Helios app for every serving test: the real `build_app`, tiny model at TP=2 on CPU.
+
+Sizes are kept small for a 2-core machine: one helios-tiny pool of 2 groups x 2 ranks
+(0.25 CPU each), a test-pattern pool of 2 slots with a queue of 1 (admission tests use
+it: no model time), tenants with different quotas.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789"}
+APP_NAME = "helios"
+
+
+def serving_config(tiny_path: str):
+    from deployments.config import ServingConfig
+
+    return ServingConfig.model_validate(
+        {
+            "app_name": APP_NAME,
+            "default_model": "helios-tiny",
+            "models": {
+                "helios-tiny": {"kind": "helios", "path": tiny_path, "tp_size": 2, "pool_size": 2, "cpus_per_worker": 0.25,
+                                "options": {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}},
+                "test-pattern": {"kind": "test-pattern", "pool_size": 2, "options": {"height": 64, "width": 96}},
+            },
+            "tenants": [
+                {"name": "alice", "api_keys": [KEYS["alice"]], "quota": {"max_concurrent_sessions": 4}},
+                {"name": "bob", "api_keys": [KEYS["bob"]], "quota": {"max_concurrent_sessions": 1}},
+                {"name": "carol", "api_keys": [KEYS["carol"]], "quota": {"max_concurrent_sessions": 2, "max_session_s": 4}},
+            ],
+            "queue_size": 1,
+            "retry_after_s": 2,
+            "idle_timeout_s": 90,
+            "ring_size": 8,
+            "session_linger_s": 2,
+            "front_door": {"num_cpus": 0.1, "autoscaling": None},
+            "relay": {"num_cpus": 0.1, "autoscaling": None},
+        }
+    )
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    """Poll `predicate` until truthy (returns its value) or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+class Served:
+    """Handle on the running app: base URL, config, keys and helpers."""
+
+    def __init__(self, base_url: str, config):
+        self.base_url = base_url
+        self.config = config
+        self.keys = KEYS
+        self.http = httpx.Client(base_url=base_url, timeout=60)
+
+    def headers(self, tenant: str = "alice") -> dict:
+        return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+    def create(self, tenant: str = "alice", **body) -> httpx.Response:
+        return self.http.post("/v1/sessions", json=body, headers=self.headers(tenant))
+
+    def command(self, sid: str, command: str, tenant: str = "alice", **args) -> httpx.Response:
+        return self.http.post(f"/v1/sessions/{sid}/commands", json={"command": command, "args": args}, headers=self.headers(tenant))
+
+    def get(self, sid: str, tenant: str = "alice") -> dict:
+        r = self.http.get(f"/v1/sessions/{sid}", headers=self.headers(tenant))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def delete(self, sid: str, tenant: str = "alice") -> httpx.Response:
+        return self.http.delete(f"/v1/sessions/{sid}", headers=self.headers(tenant))
+
+    def wait_active(self, sid: str, tenant: str = "alice", timeout: float = 120) -> dict:
+        return wait_for(lambda: (s := self.get(sid, tenant))["status"] == "active" and s, timeout, f"session {sid} active")
+
+    def registry(self):
+        import ray
+
+        from deployments.naming import NAMESPACE, registry_actor_name
+
+        return ray.get_actor(registry_actor_name(APP_NAME), namespace=NAMESPACE)
+
+    def stats(self) -> dict:
+        import ray
+
+        return ray.get(self.registry().stats.remote())
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster, tiny_pipeline_dir):
+    """The real app (`build_app`) under `serve.run`, pools warm before the first test."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    config = serving_config(str(tiny_pipeline_dir))
+    serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ.get("HELIOS_TEST_PORT", "8765"))})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    s = Served(f"http://127.0.0.1:{os.environ.get('HELIOS_TEST_PORT', '8765')}", config)
+    stats = ray.get(s.registry().wait_warm.remote(240))
+    assert all(m["free"] >= 1 for m in stats["models"].values()), stats
+    yield s
+    s.http.close()
+    try:
+        serve.delete(APP_NAME)
+    except Exception:  # noqa: BLE001
+        pass
