@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from unittest.mock import ANY
 
 import numpy as np
@@ -47,6 +48,7 @@ def walk(protocol_engine):
     assert session_threads(session) == []
     assert sink.messages[-1] == event("session_ended", reason="stopped")
     assert sum(1 for m in sink.messages if m["data"].get("event") == "session_ended") == 1
+    json.dumps(sink.messages)  # every message is JSON-safe as sent
 
 
 def since(sink: MemorySink, start: int) -> list[dict]:
