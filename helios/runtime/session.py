@@ -184,6 +184,15 @@ class Session:
             fut.set_result(ack)
 
     def _execute(self, cmd: Any) -> dict[str, Any]:
+        # The whole command, its messages and its ack happen under the model lock, so nothing
+        # the generation loop sends can fall between a command's messages and its ack.
+        with self.context.lock:
+            try:
+                return self._apply(cmd)
+            finally:
+                self.context.notify()
+
+    def _apply(self, cmd: Any) -> dict[str, Any]:
         cmd_id = None
         name = "command"
         try:
@@ -204,11 +213,7 @@ class Session:
             if spec is None:
                 raise CommandError(f"unknown command {name!r}; known commands: {', '.join(sorted(specs))}")
             kwargs = spec.validate(cmd.get("args"))
-            with self.context.lock:
-                try:
-                    result = spec.func(self.model, **kwargs)
-                finally:
-                    self.context.notify()
+            result = spec.func(self.model, **kwargs)
         except ValueError as exc:
             text = str(exc)
             if not (text.startswith(f"{name}:") or text.startswith("unknown command") or text.startswith("command:")):
