@@ -8,7 +8,7 @@ import pytest
 from helios.model_helios import HeliosModel
 from helios.runtime import FakeClock, MemorySink, Session, VideoModel, get_ctx
 
-from runtime_support import FastEngine, drive, run_out, GatedEngine, event, session_threads
+from .runtime_support import FastEngine, drive, run_out, GatedEngine, event, session_threads
 
 FPS = 24.0
 N = 4  # frames per chunk

@@ -20,7 +20,7 @@ from PIL import Image
 from helios.model_helios import HeliosModel
 from helios.runtime import MemorySink, Session
 
-from runtime_support import GatedEngine, Recorder, ack, event, failed, session_threads, state
+from .runtime_support import GatedEngine, Recorder, ack, event, failed, session_threads, state
 
 HW = 64
 F = 33

@@ -9,7 +9,7 @@ import pytest
 
 from helios.runtime import FakeClock, MemorySink, Session, VideoModel, command, get_ctx
 
-from runtime_support import ack, drive, event, failed, session_threads
+from .runtime_support import ack, drive, event, failed, session_threads
 
 
 class Counter(VideoModel):

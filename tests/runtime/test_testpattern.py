@@ -9,7 +9,7 @@ from helios.model_testpattern import TestPatternEngine, TestPatternModel
 from helios.pipeline.engine import StreamEngine
 from helios.runtime import MemorySink, Session
 
-from runtime_support import session_threads
+from .runtime_support import session_threads
 
 
 def chunk(engine: TestPatternEngine) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Runtime tests (a package so module names cannot collide with other areas' tests)."""
