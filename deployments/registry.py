@@ -127,7 +127,7 @@ class SessionRegistry:
                     if pool.model_path is None:
                         pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
                     group = await create_shard_group(
-                        f"{model}-{uuid.uuid4().hex[:8]}",
+                        f"{self.config.app_name}-{model}-{uuid.uuid4().hex[:8]}",
                         pool.model_path,
                         tp_size=spec.tp_size,
                         device=spec.device,

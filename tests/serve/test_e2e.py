@@ -242,7 +242,8 @@ def test_no_actor_or_extra_placement_group_left(served, scenario):
     wait_for(gone, 60, f"actor {name} to exit")
     stats = wait_for(lambda: (s := served.stats())["models"]["helios-tiny"]["free"] == 2 and s, 60, "group back in the pool")
     assert stats["models"]["helios-tiny"]["leased"] == 0
-    created = [p for p in ray.util.placement_group_table().values() if p["state"] == "CREATED"]
+    created = [p for p in ray.util.placement_group_table().values()
+               if p["state"] == "CREATED" and (p.get("name") or "").startswith("helios-group-helios-helios-tiny-")]
     assert len(created) == 2, created  # exactly the warm pool
 
 
