@@ -1,0 +1,103 @@
+"""The browser player in headless Chromium against the real app: create, play, steer, share."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helios.client import HeliosClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+TIMEOUT_MS = 60_000
+
+
+def _frames_drawn(page) -> int:
+    return int(page.inner_text("#frames-drawn"))
+
+
+def _wait_more_frames(page, than: int) -> None:
+    page.wait_for_function(f"window.heliosApp.framesDrawn > {than}", timeout=TIMEOUT_MS)
+
+
+def test_player_creates_plays_and_steers_a_session(page, helios_server, test_output_dir):
+    page.goto(helios_server.url + "/")
+    assert page.title().startswith("Helios Serve")
+    page.wait_for_selector("#model option[value='test-pattern']", state="attached", timeout=TIMEOUT_MS)
+
+    # Create a session with the API key and the test-pattern model.
+    page.fill("#api-key", helios_server.api_key)
+    page.select_option("#model", "test-pattern")
+    page.click("#create")
+    page.wait_for_function("window.heliosApp.sessionId !== null && !document.querySelector('#start').disabled",
+                           timeout=TIMEOUT_MS)
+    session_id = page.evaluate("window.heliosApp.sessionId")
+    share_link = page.input_value("#share-link")
+    assert session_id in share_link and "token=" in share_link
+
+    # Start with a typed prompt: frames play (the drawn pixels change) and the timeline fills.
+    page.fill("#prompt", "a glowing jellyfish")
+    page.click("#start")
+    page.wait_for_selector("#timeline tbody tr", timeout=TIMEOUT_MS)
+    _wait_more_frames(page, 2)
+    shot1 = page.locator("#video").screenshot()
+    _wait_more_frames(page, _frames_drawn(page))
+    shot2 = page.locator("#video").screenshot()
+    assert shot1 != shot2, "the video element shows the same pixels"
+    first_row = page.inner_text("#timeline tbody tr:last-child")
+    assert "a glowing jellyfish" in first_row
+
+    # A prompt typed in the page reaches the session.
+    page.fill("#prompt", "a paper boat on a lake")
+    page.click("#set-prompt")
+    page.wait_for_function(
+        "document.querySelector('#state dd[data-field=current_prompt]')?.textContent === 'a paper boat on a lake'",
+        timeout=TIMEOUT_MS)
+    with HeliosClient(helios_server.url, helios_server.api_key) as client:
+        state = client.session(session_id).get_state()
+    assert state["current_prompt"] == "a paper boat on a lake"
+
+    # A bad image is refused with a visible error; a good one is compressed and accepted.
+    page.set_input_files("#image", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
+    page.wait_for_function("document.querySelector('#errors').textContent.includes('not a decodable image')",
+                           timeout=TIMEOUT_MS)
+    assert "notes.png" in page.inner_text("#errors")
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (900, 1400, 3), dtype=np.uint8)).save(buf, format="PNG")
+    assert len(buf.getvalue()) > 64 * 1024  # the page must compress it under the limit itself
+    page.set_input_files("#image", files=[{"name": "noise.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.wait_for_function("document.querySelector('#notice').textContent.startsWith('image set')", timeout=TIMEOUT_MS)
+    kb = float(page.inner_text("#image-info").split(", ")[-1].split(" KB")[0])
+    assert kb <= 64
+
+    page.screenshot(path=str(test_output_dir / "web-player.png"), full_page=True)
+
+    # The share link opens a read-only player that plays the same session.
+    viewer = page.context.new_page()
+    viewer.goto(share_link)
+    viewer.wait_for_function("window.heliosApp.framesDrawn > 1", timeout=TIMEOUT_MS)
+    assert not viewer.locator("#controls").is_visible()
+    assert not viewer.locator("#setup").is_visible()
+    viewer.wait_for_selector("#timeline tbody tr", timeout=TIMEOUT_MS)
+    viewer.screenshot(path=str(test_output_dir / "web-viewer.png"), full_page=True)
+
+    # Ending the session is shown in both pages.
+    page.click("#end")
+    page.wait_for_function("document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
+    viewer.wait_for_function("document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
+    errors = [m for m in page.console_log if m.startswith("pageerror")]
+    assert not errors, errors
+
+
+def test_player_reports_a_wrong_api_key(page, helios_server):
+    page.goto(helios_server.url + "/")
+    page.fill("#api-key", "wrong-key")
+    page.click("#create")
+    page.wait_for_function("document.querySelector('#errors').textContent.includes('create session')",
+                           timeout=TIMEOUT_MS)
+    assert not page.evaluate("window.heliosApp.sessionId")
+    assert page.is_enabled("#create")
