@@ -17,6 +17,7 @@ Terms (also in docs/runtime.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -78,7 +79,12 @@ class HeliosModel(VideoModel):
 
     # --- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The `state` message data; safe to call from any thread (takes the session lock)."""
         ctx = self._context()
+        with ctx.lock if ctx is not None else contextlib.nullcontext():
+            return self._state(ctx)
+
+    def _state(self, ctx: SessionContext | None) -> dict[str, Any]:
         return {
             "running": self._started,
             "current_frame": self._frames,

@@ -73,6 +73,7 @@ def test_model_streams_through_a_session():
     assert session.call({"command": "set_prompt", "args": {"prompt": "hi"}})["ok"]
     assert session.call({"command": "start"})["ok"]
     sink.wait_for_frames(9)
+    assert session.model.state()["running"] is True  # readable from a thread outside the session
     session.stop()
     assert session.join(10) and session_threads(session) == []
     assert sink.blocks[0].frames.shape == (1, 32, 48, 3)
