@@ -7,9 +7,9 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import make_inputs
+from model_inputs import make_inputs
 
-import tp_worker
+import model_tp_worker
 
 FP32_TOL = 1e-5
 WORLD = 4
@@ -29,7 +29,7 @@ def tp_outputs(tp_ckpt, tmp_path_factory):
     work = tmp_path_factory.mktemp("tp-run")
     inputs_file = work / "inputs.pt"
     torch.save(make_inputs(batch=1), inputs_file)
-    mp.spawn(tp_worker.run, args=(WORLD, _free_port(), str(tp_ckpt), str(inputs_file), str(work)), nprocs=WORLD)
+    mp.spawn(model_tp_worker.run, args=(WORLD, _free_port(), str(tp_ckpt), str(inputs_file), str(work)), nprocs=WORLD)
     return {(size, rank): torch.load(work / f"tp{size}_rank{rank}.pt") for size in (2, 4) for rank in range(WORLD)}
 
 

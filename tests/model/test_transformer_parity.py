@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs
+from model_inputs import make_inputs
 
 from helios.config import HeliosConfig
 from helios.model import HeliosTransformer, HeliosTransformerOutput

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_inputs
+from model_inputs import make_inputs
 
 from helios.config import HeliosConfig
 from helios.model import HeliosTransformer
