@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Any, Literal
@@ -122,10 +123,11 @@ class Session:
             self._finish(reason)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every session thread has exited; True if they all have."""
+        """Wait (up to `timeout` in all) until every session thread has exited; True if they all have."""
+        give_up = None if timeout is None else time.monotonic() + timeout
         for t in (self._gen_thread, self._cmd_thread, self._playback._thread):
             if t.is_alive():
-                t.join(timeout)
+                t.join(None if give_up is None else max(0.0, give_up - time.monotonic()))
         return self._ended.is_set() and not any(
             t.is_alive() for t in (self._gen_thread, self._cmd_thread, self._playback._thread)
         )
