@@ -75,6 +75,17 @@ async def _load_ref(ref: ray.ObjectRef) -> np.ndarray:
     return np.asarray(frames, dtype=np.uint8)
 
 
+async def _lookup_actor(name: str, namespace: str, attempts: int = 4) -> Any:
+    """The named actor, or None when it does not exist (a lookup can fail transiently under load: retried)."""
+    for attempt in range(attempts):
+        try:
+            return await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
+        except ValueError:
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.25 * 2**attempt)  # backoff between GCS lookups
+    return None
+
+
 class _Feed:
     """One session's long poll on one replica, feeding its SessionFanout."""
 
@@ -88,10 +99,8 @@ class _Feed:
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        name = session_actor_name(self.session_id)
-        try:
-            actor = await asyncio.to_thread(ray.get_actor, name, namespace=self.config.namespace)
-        except ValueError:
+        actor = await _lookup_actor(session_actor_name(self.session_id), self.config.namespace)
+        if actor is None:
             self.error = f"session_id {self.session_id!r}: no such session"
             self.fanout.finish("no such session")
             self.ready.set()
