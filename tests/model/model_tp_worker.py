@@ -1,10 +1,12 @@
 """Body of one gloo rank for the tensor-parallel tests (run under torch.multiprocessing.spawn).
 
-With 4 ranks it runs the model at TP=4 (the whole world) and at TP=2 (two subgroups passed in
-as existing process groups), writing each output to `out_dir` for the parent to compare."""
+With 4 ranks it runs the model at TP=4 (the whole world, fp32) and at TP=2 (two subgroups passed
+in as existing process groups, fp32 and bf16), writing each output to `out_dir` for the parent to
+compare, plus what `init_tp_group` did when called again on the initialised world."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,13 +25,24 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
     out = Path(out_dir)
 
     tp_world = init_tp_group(rank, world_size, master_addr="127.0.0.1", master_port=port, backend="gloo")
+    again = init_tp_group(rank, world_size, master_addr="127.0.0.1", master_port=port)
+    try:
+        init_tp_group((rank + 1) % world_size, world_size, master_addr="127.0.0.1", master_port=port)
+        mismatch = "no error"
+    except ValueError as exc:
+        mismatch = str(exc)
+    checks = {"again": [again.rank, again.world_size], "mismatch": mismatch}
+    (out / f"checks_rank{rank}.json").write_text(json.dumps(checks))
+
     # every rank creates every subgroup, in the same order (torch.distributed rule)
     pairs = [tdist.new_group(list(range(start, start + 2))) for start in range(0, world_size, 2)]
-    groups = {world_size: tp_world, 2: TPGroup.from_process_group(pairs[rank // 2])}
-    for size, group in groups.items():
-        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=group)
+    tp_pair = TPGroup.from_process_group(pairs[rank // 2])
+    runs = {"tp4_fp32": (tp_world, torch.float32), "tp2_fp32": (tp_pair, torch.float32), "tp2_bf16": (tp_pair, torch.bfloat16)}
+    for tag, (group, dtype) in runs.items():
+        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=group, dtype=dtype)
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad():
-            result = model(**inputs)
-        torch.save(result, out / f"tp{size}_rank{rank}.pt")
+            result = model(**cast)
+        torch.save(result, out / f"{tag}_rank{rank}.pt")
     tdist.barrier()
     tdist.destroy_process_group()
