@@ -132,3 +132,10 @@ def test_dtype_and_device_arguments(tiny_ckpt):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' requested but CUDA is not available"):
             HeliosTransformer.from_pretrained(tiny_ckpt, device="cuda")
+
+
+def test_tiny_checkpoint_has_no_untouched_parameter(full_tensors, tiny_ckpt):
+    tiny = {name: src[:] for name, src in CheckpointIndex(tiny_ckpt).slices()}
+    for name, tensor in {**full_tensors, **tiny}.items():
+        assert tensor.numel() == 1 or tensor.unique().numel() > tensor.numel() // 2, f"{name} is not random"
+        assert not torch.all(tensor == 1) and not torch.all(tensor == 0), f"{name} kept its initial value"
