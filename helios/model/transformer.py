@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helios.config import HeliosConfig
+from helios.model.inputs import check_forward_inputs
 from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowParallelLinear, set_weight_attrs
 from helios.model.rope import HeliosRotaryEmbedding, apply_rope, pad_replicate_3d
 from helios.parallel.comm import tp_size
@@ -377,8 +378,6 @@ class HeliosTransformer(nn.Module):
         """Predict the flow for the current latents `hidden_states` (B, C, T, H, W) given the
         history latents. Same keywords as diffusers; returns the tensor (B, C_out, T, H, W), or
         diffusers' `(tensor,)` / `.sample` object when `return_dict` is passed explicitly."""
-        from helios.model.inputs import check_forward_inputs
-
         cfg = self.config
         timestep = check_forward_inputs(
             cfg,

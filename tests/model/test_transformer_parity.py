@@ -74,3 +74,41 @@ def test_return_dict_compat(tiny_ckpt):
     assert isinstance(as_obj, HeliosTransformerOutput) and torch.equal(as_obj.sample, plain)
     with model.cache_context("cond"):
         assert torch.equal(_ours(model, kwargs), plain)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        dict(zero_history_timestep=False),
+        dict(guidance_cross_attn=False),
+        dict(cross_attn_norm=False),
+        dict(is_amplify_history=True, history_scale_mode="scalar"),
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_feature_flags_match_diffusers(flags):
+    from diffusers import HeliosTransformer3DModel
+
+    from helios.weights.tiny import randomize_
+
+    cfg = HeliosConfig.tiny(num_layers=1, **flags)
+    ref = randomize_(HeliosTransformer3DModel(**cfg.to_diffusers_dict()), seed=7).eval()
+    ours = HeliosTransformer(cfg)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    kwargs = make_inputs(batch=2, seed=3)
+    assert (_ours(ours, kwargs) - _ref(ref, kwargs)).abs().max().item() <= FP32_TOL
+
+
+def test_without_memory_patch_matches_diffusers():
+    from diffusers import HeliosTransformer3DModel
+
+    from helios.weights.tiny import randomize_
+
+    cfg = HeliosConfig.tiny(num_layers=1, has_multi_term_memory_patch=False)
+    ref = randomize_(HeliosTransformer3DModel(**cfg.to_diffusers_dict()), seed=7).eval()
+    ours = HeliosTransformer(cfg)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    kwargs = make_inputs(batch=1, history=False)
+    assert (_ours(ours, kwargs) - _ref(ref, kwargs)).abs().max().item() <= FP32_TOL
+    with pytest.raises(ValueError, match="latents_history_short: this model has no multi-term memory patch"):
+        ours(**make_inputs(batch=1))
