@@ -33,7 +33,11 @@ function showError(message) {
 }
 
 function notice(message) {
-  $("notice").textContent = message;
+  // A short log of what happened (events, acks), newest first.
+  const li = document.createElement("li");
+  li.textContent = message;
+  $("log").prepend(li);
+  while ($("log").children.length > 30) $("log").lastChild.remove();
 }
 
 function detailText(detail) {

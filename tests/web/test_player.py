@@ -70,7 +70,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     Image.fromarray(rng.integers(0, 256, (900, 1400, 3), dtype=np.uint8)).save(buf, format="PNG")
     assert len(buf.getvalue()) > 64 * 1024  # the page must compress it under the limit itself
     page.set_input_files("#image", files=[{"name": "noise.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
-    page.wait_for_function("document.querySelector('#notice').textContent.startsWith('image set')", timeout=TIMEOUT_MS)
+    page.wait_for_function("document.querySelector('#log').textContent.includes('image set')", timeout=TIMEOUT_MS)
     kb = float(page.inner_text("#image-info").split(", ")[-1].split(" KB")[0])
     assert kb <= 64
 
