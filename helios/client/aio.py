@@ -117,6 +117,7 @@ class AsyncHeliosSession:
         self.id = info.session_id
         self._token = token
         self.last_seq: int | None = None
+        self.frame_size: tuple[int, int] | None = None  # (width, height) of the frames seen on the stream
 
     def __repr__(self) -> str:
         return f"AsyncHeliosSession(id={self.id!r}, status={self.info.status!r})"
@@ -179,7 +180,7 @@ class AsyncHeliosSession:
     async def set_image(self, image: ImageSource, transition: str = "cut", *, max_bytes: int = 64 * 1024) -> Ack:
         if transition not in ("cut", "blend"):
             raise ValueError(f"transition: expected 'cut' or 'blend', got {transition!r}")
-        size = await self.client.model_size(self.info.model)
+        size = self.frame_size or await self.client.model_size(self.info.model)
         b64 = await asyncio.to_thread(prepare_image, image, size, max_bytes)
         return await self.command("set_image", {"image_b64": b64, "transition": transition})
 
@@ -273,6 +274,7 @@ class AsyncHeliosSession:
                     async for data in resp.aiter_bytes():
                         for chunk in decoder.feed(data):
                             got_any = True
+                            self.frame_size = (chunk.frames.shape[2], chunk.frames.shape[1])
                             yield chunk
                         if decoder.ended:
                             return

@@ -130,6 +130,7 @@ class HeliosSession:
         self.id = info.session_id
         self._token = token  # viewer token for read-only routes; None → API key header
         self.last_seq: int | None = None
+        self.frame_size: tuple[int, int] | None = None  # (width, height) of the frames seen on the stream
 
     def __repr__(self) -> str:
         return f"HeliosSession(id={self.id!r}, status={self.info.status!r})"
@@ -195,10 +196,11 @@ class HeliosSession:
         return self.command("schedule_prompt", {"prompt": prompt, "chunk": chunk})
 
     def set_image(self, image: ImageSource, transition: str = "cut", *, max_bytes: int = 64 * 1024) -> Ack:
-        """Resize `image` to the model resolution and JPEG it under `max_bytes` before sending."""
+        """Resize `image` to the stream's frame size (else the model's, else 640x384; the server resizes
+        to the model resolution anyway) and JPEG it under `max_bytes` before sending."""
         if transition not in ("cut", "blend"):
             raise ValueError(f"transition: expected 'cut' or 'blend', got {transition!r}")
-        size = self.client.model_size(self.info.model)
+        size = self.frame_size or self.client.model_size(self.info.model)
         b64 = prepare_image(image, size, max_bytes)
         return self.command("set_image", {"image_b64": b64, "transition": transition})
 
@@ -306,6 +308,7 @@ class HeliosSession:
                     for data in resp.iter_bytes():
                         for chunk in decoder.feed(data):
                             got_any = True
+                            self.frame_size = (chunk.frames.shape[2], chunk.frames.shape[1])
                             yield chunk
                         if decoder.ended:
                             return
