@@ -23,6 +23,9 @@ from helios.runtime.clock import Clock
 log = logging.getLogger(__name__)
 
 ReleaseMode = Literal["frame", "chunk"]
+LATE_TOLERANCE = 0.5
+"""A frame released later than this many periods restarts the schedule (so no two frames
+are ever released less than half a period apart); less lateness is caught up."""
 FPS_WINDOW_S = 3.0
 """Releases older than this do not count towards `effective_fps`."""
 
@@ -68,7 +71,8 @@ class Playback:
         self._k = 0  # frames released since _base
         self._released = 0  # frames released in total
         self._chunks_done = 0  # chunks fully released in total
-        self._history: collections.deque[tuple[float, int]] = collections.deque()
+        self._history: collections.deque[tuple[float, int]] = collections.deque()  # (release time, frames)
+        self._first_release: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"{name}-release", daemon=True)
 
     # --- generator side ----------------------------------------------------------------------
@@ -119,18 +123,21 @@ class Playback:
             return len(self._queue)
 
     def effective_fps(self) -> float:
-        """Frames per second actually released over the last few seconds (0.0 when stalled)."""
+        """Frames per second actually shown over the last few seconds (0.0 when none were).
+
+        Each released block counts as on screen for n/fps seconds from its release; the rate
+        is the screen time covered in the window times fps, over the window. Steady playback
+        reads exactly fps in both release modes; stalls lower it at once.
+        """
         with self._cond:
+            if self._first_release is None:
+                return 0.0
             now = self._clock.now()
-            recent = [(t, n) for t, n in self._history if t >= now - FPS_WINDOW_S]
-            if len(recent) < 2:
+            start = max(now - FPS_WINDOW_S, self._first_release)
+            if now <= start:
                 return 0.0
-            span = recent[-1][0] - recent[0][0]
-            if span <= 0:
-                return 0.0
-            # Frames between the first and last release, over the time they took.
-            frames = sum(n for _, n in recent[:-1])
-            return round(frames / span, 2)
+            shown = sum(max(0.0, min(t + n / self.fps, now) - max(t, start)) for t, n in self._history)
+            return round(shown * self.fps / (now - start), 2)
 
     # --- release thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -146,15 +153,18 @@ class Playback:
     def _release_one(self) -> bool:
         period = 1.0 / self.fps
         with self._cond:
+            starved = not self._queue
             self._cond.wait_for(lambda: self._queue or self._abort.is_set() or self._finishing)
             if self._abort.is_set() or not self._queue:
                 return False
             now = self._clock.now()
             due = None if self._base is None else self._base + self._k * period
             head = self._queue[0]
-            if head.pos < len(head.frames) and (due is None or now - due > period):
+            late = due is None or now > due + (0.0 if starved else LATE_TOLERANCE * period)
+            if head.pos < len(head.frames) and late:
                 # Nothing was ready when a frame was due (generator slower than real time, or
-                # the start): restart the schedule here instead of bursting to catch up.
+                # the start), or the release thread woke far too late: restart the schedule
+                # here instead of bursting to catch up. Small lateness keeps the schedule.
                 self._base, self._k, due = now, 0, now
         assert due is not None
         if not self._clock.sleep_until(due, self._abort):
@@ -162,6 +172,9 @@ class Playback:
         with self._cond:
             if self._abort.is_set() or not self._queue:
                 return False
+            now = self._clock.now()
+            if now > due + LATE_TOLERANCE * period:  # woke far too late: this frame starts a new schedule
+                self._base, self._k = now, 0
             item = self._queue[0]
             if item.pos >= len(item.frames):
                 # A chunk released whole ("chunk" mode) counts as playing until its last frame's
@@ -185,8 +198,10 @@ class Playback:
             self._released += n
             self._k += n
             now = self._clock.now()
+            if self._first_release is None:
+                self._first_release = now
             self._history.append((now, n))
-            while self._history and self._history[0][0] < now - FPS_WINDOW_S:
+            while self._history and self._history[0][0] + self._history[0][1] / self.fps < now - FPS_WINDOW_S:
                 self._history.popleft()
             if item.pos >= len(item.frames) and self.release == "frame":
                 self._queue.popleft()
