@@ -170,3 +170,12 @@ def shift_decode_times(data: bytes, ticks: int) -> tuple[bytes, int]:
                 raw = rebase_moof(raw, max(0, decode_time(raw) - ticks))
         out += raw
     return bytes(out), covered
+
+
+def codec_string(init_segment: bytes) -> str:
+    """The RFC 6381 codec string of an H.264 init segment (e.g. "avc1.64001f"), for MSE `addSourceBuffer`."""
+    at = init_segment.find(b"avcC")
+    if at < 0 or at + 8 > len(init_segment):
+        raise ValueError("init segment has no avcC box (not H.264)")
+    profile, compat, level = init_segment[at + 5], init_segment[at + 6], init_segment[at + 7]
+    return f"avc1.{profile:02x}{compat:02x}{level:02x}"

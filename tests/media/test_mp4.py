@@ -160,3 +160,10 @@ def test_other_chunk_lengths_and_rates():
     decoded = decode(enc.init_segment + Mp4Timeline().render(chunk))
     assert len(decoded) == 5 and chunk.duration == enc.ticks_for(5)
     enc.close()
+
+
+def test_codec_string(encoded_session):
+    enc, _, _ = encoded_session
+    assert mp4box.codec_string(enc.init_segment).startswith("avc1.64")  # x264 High profile
+    with pytest.raises(ValueError, match="avcC"):
+        mp4box.codec_string(b"\x00" * 32)
