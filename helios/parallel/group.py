@@ -4,6 +4,7 @@ Ray shard worker, or a process whose caller already set up torch.distributed).""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,20 @@ def _ensure_deepspeed_comm(backend: str) -> None:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
+def _bind_cuda_device(rank: int, cuda_device: int | None) -> None:
+    """Select this rank's GPU before NCCL starts (DeepSpeed binds the device named by LOCAL_RANK)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ValueError("backend='nccl' needs a CUDA device, but none is visible")
+    index = cuda_device if cuda_device is not None else (0 if count == 1 else rank % count)
+    if not 0 <= index < count:
+        raise ValueError(f"cuda_device={index} must be in [0, {count})")
+    torch.cuda.set_device(index)
+    os.environ["LOCAL_RANK"] = str(index)
+
+
 def init_tp_group(
     rank: int,
     world_size: int,
@@ -69,11 +84,13 @@ def init_tp_group(
     master_port: int = 29500,
     backend: str = "gloo",
     timeout_s: float = 600.0,
+    cuda_device: int | None = None,
 ) -> TPGroup:
     """Join (or create) the process group of `world_size` ranks through deepspeed.comm and return
     the TP group spanning all of them. Safe to call when torch.distributed is already initialised:
     the existing default group is reused and must agree with `rank` and `world_size`.
-    With NCCL the caller selects the CUDA device first (a Ray GPU worker sees just its own)."""
+    With NCCL the rank binds CUDA device `cuda_device` (default: the only visible GPU, as in a
+    Ray GPU worker, else `rank % device_count` for one process per GPU on one host)."""
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend={backend!r} must be 'gloo' or 'nccl'")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -91,6 +108,8 @@ def init_tp_group(
         return TPGroup.from_process_group(None)
     import deepspeed
 
+    if backend == "nccl":
+        _bind_cuda_device(rank, cuda_device)
     deepspeed.init_distributed(
         dist_backend=backend,
         auto_mpi_discovery=False,

@@ -58,3 +58,9 @@ def test_layers_at_world_size_one_are_plain_layers():
     )
     assert torch.allclose(y, ref)
     assert "tp=1" in repr(col) and "in_per_rank=12" in repr(row)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_nccl_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend='nccl' needs a CUDA device"):
+        init_tp_group(0, 2, backend="nccl", master_port=29999)
