@@ -45,14 +45,15 @@ def test_session_lifecycle_commands_and_messages(client):
 class _CutOnce(httpx.BaseTransport):
     """Real transport that breaks the first frame stream after `limit` bytes (a dropped connection)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, path_suffix: str = "/stream") -> None:
         self.inner = httpx.HTTPTransport()
         self.limit = limit
+        self.path_suffix = path_suffix
         self.cut = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         resp = self.inner.handle_request(request)
-        if request.url.path.endswith("/stream") and not self.cut:
+        if request.url.path.endswith(self.path_suffix) and not self.cut:
             self.cut = True
             resp.stream = _CutStream(resp.stream, self.limit)
         return resp
@@ -95,6 +96,23 @@ def test_frame_stream_reconnects_without_gaps_or_duplicates(helios_server):
     assert sorted(per_chunk) == [0, 1, 2, 3]
     for frames in per_chunk.values():
         assert len(frames) == 33 and frames == sorted(set(frames))  # each chunk whole, in order, once
+
+
+def test_message_stream_resumes_after_a_drop_without_gaps_or_duplicates(helios_server):
+    transport = _CutOnce(limit=700, path_suffix="/events")  # a few messages, then cut mid-message
+    with HeliosClient(helios_server.url, helios_server.api_key, transport=transport) as client:
+        with client.create_session("test-pattern") as session:
+            session.set_prompt("resume me")
+            session.start()
+            seqs, events = [], []
+            for msg in session.messages(timeout=60):
+                seqs.append(msg.seq)
+                events.append(msg.event)
+                if msg.event == "chunk_complete" and msg.data["chunk"] == 2:
+                    break
+    assert transport.cut
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # consecutive: nothing lost, nothing twice
+    assert events.count("generation_started") == 1
 
 
 def test_save_mp4_and_viewer_token(client, tmp_path):
