@@ -101,8 +101,8 @@ class _Feed:
     async def _run(self) -> None:
         actor = await _lookup_actor(session_actor_name(self.session_id), self.config.namespace)
         if actor is None:
-            self.error = f"session_id {self.session_id!r}: no such session"
-            self.fanout.finish("no such session")
+            self.error = f"session_id {self.session_id!r}: session not found"
+            self.fanout.finish("session not found")
             self.ready.set()
             return
         after, timeout = -1, 0.0  # the first poll answers at once with the session's whole ring
@@ -253,8 +253,8 @@ class Relay:
     def _recording_file(self, session_id: str) -> Path:
         return Path(self.config.recordings_dir).expanduser() / session_id / "recording.mp4"
 
-    async def __del__(self) -> None:  # Serve calls it on replica shutdown
-        for task in self._recordings.values():
+    def __del__(self) -> None:  # Serve calls it on replica shutdown
+        for task in getattr(self, "_recordings", {}).values():
             task.cancel()
-        for feed in list(self._feeds.values()):
+        for feed in list(getattr(self, "_feeds", {}).values()):
             feed.close()

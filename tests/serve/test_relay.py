@@ -261,7 +261,7 @@ def test_session_actor_gone_ends_the_stream(relay, session, ray_cluster):
     [
         (("flv", None), "format 'flv'"),
         (("mp4", -1), "from must be"),
-        (("mp4", None), "no such session"),
+        (("mp4", None), "session not found"),
     ],
 )
 def test_bad_requests_fail_on_the_first_item(relay, args, match):
