@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -335,6 +335,13 @@ class HeliosTransformer(nn.Module):
         from helios.weights.loader import load_transformer
 
         return load_transformer(path, tp_group=tp_group, dtype=dtype, device=device)
+
+    def load_weights(self, tensors: Iterable[tuple[str, Any]], *, strict: bool = True) -> list[str]:
+        """Load (name, full tensor or safetensors slice) pairs, e.g. a diffusers state dict's
+        `.items()`; each rank keeps only its slice. Returns the loaded names."""
+        from helios.weights.loader import load_weights
+
+        return load_weights(self, tensors, strict=strict).loaded
 
     def cast_(self, dtype: torch.dtype) -> "HeliosTransformer":
         """Cast to `dtype`, keeping diffusers' float32 modules in float32 (works on meta too)."""

@@ -139,3 +139,11 @@ def test_tiny_checkpoint_has_no_untouched_parameter(full_tensors, tiny_ckpt):
     for name, tensor in {**full_tensors, **tiny}.items():
         assert tensor.numel() == 1 or tensor.unique().numel() > tensor.numel() // 2, f"{name} is not random"
         assert not torch.all(tensor == 1) and not torch.all(tensor == 0), f"{name} kept its initial value"
+
+
+def test_load_weights_from_a_full_state_dict_keeps_the_rank_slice(full_tensors):
+    model = HeliosTransformer(HeliosConfig.tiny(num_attention_heads=4, is_amplify_history=True), tp_group=TPGroup(1, 2))
+    loaded = model.load_weights(full_tensors.items())
+    assert len(loaded) == len(full_tensors)
+    assert torch.equal(model.blocks[1].attn2.to_k.weight, full_tensors["blocks.1.attn2.to_k.weight"][64:])
+    assert torch.equal(model.blocks[1].ffn.net[2].weight, full_tensors["blocks.1.ffn.net.2.weight"][:, 64:])
