@@ -283,7 +283,11 @@ class _Stream:
 
 
 class HeliosTransformer(nn.Module):
-    """Helios DiT for one rank of a TP group (`tp_group=None`: the whole model, no communication)."""
+    """Helios DiT for one rank of a TP group (`tp_group=None`: the whole model, no communication).
+
+    Constructing it allocates uninitialised parameters (build under `torch.device("meta")` to
+    allocate nothing); fill them with `from_pretrained`, `load_weights` or `load_state_dict`.
+    """
 
     def __init__(self, config: HeliosConfig, *, tp_group: TPGroup | None = None) -> None:
         super().__init__()
