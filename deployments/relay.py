@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from helios.media.recording import RecordingWriter
 from helios.media.skipforward import SkipForward, skip_forward
 
 logger = logging.getLogger(__name__)
+
+TOUCH_PERIOD_S = 5.0
+"""How often a feed with viewers calls the session actor's touch() (keeps its idle timeout away)."""
 
 __all__ = ["Relay", "RelayConfig", "SkipForward", "media_type", "skip_forward"]
 
@@ -96,6 +100,7 @@ class _Feed:
         self.users = 0
         self.ready = asyncio.Event()
         self.error: str | None = None
+        self._touched = float("-inf")
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -115,6 +120,7 @@ class _Feed:
                     self.fanout.publish(entry)
                     after = max(after, entry.chunk)
                 self.ready.set()
+                self._touch(actor)
                 if reply.get("ended"):
                     self.fanout.finish(reply.get("end_reason"))
                     return
@@ -129,6 +135,17 @@ class _Feed:
             self.fanout.finish(f"relay error: {exc}")
         finally:
             self.ready.set()
+
+    def _touch(self, actor: Any) -> None:
+        """Tell the session a viewer is watching (a recording alone is not one), at most every TOUCH_PERIOD_S."""
+        now = time.monotonic()
+        if now - self._touched < TOUCH_PERIOD_S or not any(not v.recorder for v in self.fanout.viewers):
+            return
+        self._touched = now
+        try:
+            actor.touch.remote()  # fire and forget
+        except AttributeError:  # a session actor without touch()
+            pass
 
     def close(self) -> None:
         self.task.cancel()

@@ -80,6 +80,9 @@ def fake_session_class():
             self.ended, self.end_reason = True, reason
             self._notify()
 
+        async def touch(self) -> None:
+            self.touches = getattr(self, "touches", 0) + 1
+
         async def wait_chunks(self, after: int, timeout_s: float) -> dict:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
