@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 import uuid
 
@@ -112,6 +113,8 @@ def relay(ray_cluster, tmp_path_factory):
     from deployments.relay import Relay
 
     recordings = tmp_path_factory.mktemp("recordings")
+    # Same HTTP options as the serving tests' app, whichever starts Serve first (no-op when it runs).
+    serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ.get("HELIOS_TEST_PORT", "8765"))})
     handle = serve.run(
         Relay.options(name="RelayUnderTest", num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
             window_chunks=8, viewer_queue_chunks=8, pace_mjpeg=False, recordings_dir=str(recordings), poll_timeout_s=5
