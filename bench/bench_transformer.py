@@ -11,6 +11,9 @@ at TP=1 on one GPU, and one rank's share of TP=2/4/8 run alone on that GPU (coll
 excluded), with achieved TFLOP/s against the GPU's dense bf16 peak.
 
     python bench/bench_transformer.py --device cuda --preset 14b
+
+Host memory (`--mode load`): one rank's resident memory growth while loading its shard of a
+bf16 checkpoint (~0.14B parameters), against the shard's own bytes, at TP=1/2/4.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ PRESETS = {
     "small": lambda: HeliosConfig.tiny(num_attention_heads=8, attention_head_dim=64, rope_dim=(24, 20, 20),
                                        num_layers=4, ffn_dim=1024, text_dim=256),
     "14b": HeliosConfig.helios_14b,
+    # ~0.14B parameters: big enough that per-rank host memory is visible above the import baseline
+    "medium": lambda: HeliosConfig.tiny(num_attention_heads=16, attention_head_dim=64, rope_dim=(24, 20, 20),
+                                        num_layers=8, ffn_dim=4096, text_dim=256),
 }
 
 
@@ -226,11 +232,63 @@ def bench_share(args: argparse.Namespace) -> None:
             torch.cuda.reset_peak_memory_stats()
 
 
+# -- host memory of per-rank loading ------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _load_rank(rank: int, world: int, ckpt: str, out: str) -> None:
+    """Load one rank's shard (no process group needed to load) and record its memory."""
+    torch.set_num_threads(1)
+    from helios.parallel import TPGroup
+    from helios.weights.loader import load_transformer
+
+    anon_before, peak_before = _proc_status_kib("RssAnon"), _proc_status_kib("VmHWM")
+    start = time.perf_counter()
+    model, report = load_transformer(ckpt, tp_group=TPGroup(rank, world) if world > 1 else None,
+                                     dtype=torch.bfloat16, return_report=True)
+    seconds = time.perf_counter() - start
+    rank_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    Path(out).write_text(json.dumps({
+        "rank_param_bytes": rank_bytes, "bytes_read": report.bytes_read, "load_s": seconds,
+        "anon_rss_growth_bytes": (_proc_status_kib("RssAnon") - anon_before) * 1024,
+        "peak_rss_growth_bytes": (_proc_status_kib("VmHWM") - peak_before) * 1024,
+    }))
+
+
+def bench_load(args: argparse.Namespace) -> None:
+    """Per-rank host memory while loading a bf16 checkpoint, rank 0 of each TP size."""
+    import torch.multiprocessing as mp
+
+    from helios.weights.tiny import make_tiny_transformer
+
+    config = PRESETS[args.preset]()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_tiny_transformer(Path(tmp) / "ckpt", config, dtype=torch.bfloat16, max_shard_size="64MB")
+        ckpt_bytes = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
+        for world in args.tp_sizes:
+            out = Path(tmp) / f"load{world}.json"
+            mp.spawn(_load_rank, args=(world, str(ckpt), str(out)), nprocs=1)
+            m = json.loads(out.read_text())
+            print(json.dumps({
+                "bench": "rank_load_memory", "preset": args.preset, "tp": world, "rank": 0, "dtype": "bf16",
+                "checkpoint_bytes": ckpt_bytes, **m,
+                "anon_growth_over_rank_bytes": round(m["anon_rss_growth_bytes"] / m["rank_param_bytes"], 3),
+                "rank_bytes_over_checkpoint": round(m["rank_param_bytes"] / ckpt_bytes, 3),
+            }), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Helios transformer forward benchmark (JSON lines)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--mode", choices=["tp", "share"], default=None,
-                        help="tp: real TP ranks over gloo (cpu default); share: one rank's share alone (cuda default)")
+    parser.add_argument("--mode", choices=["tp", "share", "load"], default=None,
+                        help="tp: real TP ranks over gloo (cpu default); share: one rank's share alone (cuda "
+                             "default); load: host memory of loading one rank's shard")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="cpu: tiny, cuda: 14b")
     parser.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--frames", type=int, default=9, help="current latent frames")
@@ -252,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     args.width = args.width or (80 if gpu else 16)
     args.text_tokens = args.text_tokens or (512 if gpu else 16)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    (bench_share if args.mode == "share" else bench_cpu)(args)
+    if args.mode == "load":
+        args.preset = "medium" if args.preset == "tiny" else args.preset
+        args.tp_sizes = args.tp_sizes if args.tp_sizes != [1, 2] else [1, 2, 4]
+    {"share": bench_share, "tp": bench_cpu, "load": bench_load}[args.mode](args)
 
 
 if __name__ == "__main__":
