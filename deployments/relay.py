@@ -35,6 +35,9 @@ from helios.media.skipforward import SkipForward, skip_forward
 
 logger = logging.getLogger(__name__)
 
+MAX_RECORDINGS_TRACKED = 1024
+"""Finished recordings whose state (chunks, complete) a replica remembers for recording_info."""
+
 TOUCH_PERIOD_S = 5.0
 """How often a feed with viewers calls the session actor's touch() (keeps its idle timeout away)."""
 
@@ -164,6 +167,7 @@ class Relay:
         self._feeds: dict[str, _Feed] = {}
         self._recordings: dict[str, asyncio.Task] = {}
         self._writers: dict[str, RecordingWriter] = {}
+        self._recording_lock = asyncio.Lock()
 
     # ---- feeds -----------------------------------------------------------------------
     def _acquire(self, session_id: str) -> _Feed:
@@ -208,22 +212,36 @@ class Relay:
             self._release(feed)
 
     async def start_recording(self, session_id: str) -> str:
-        """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its path."""
+        """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its path.
+
+        Idempotent, and never overwrites: when the file already exists (an earlier call, or
+        another replica), it is left alone and its path returned.
+        """
         _check_session_id(session_id)
         path = self._recording_file(session_id)
-        if session_id in self._recordings:
-            return str(path)
-        feed = self._acquire(session_id)
-        await feed.ready.wait()
-        if feed.error:
-            self._release(feed)
-            raise ValueError(feed.error)
-        writer = RecordingWriter(path)
-        self._writers[session_id] = writer
-
+        async with self._recording_lock:
+            if session_id in self._writers or path.exists():
+                return str(path)
+            feed = self._acquire(session_id)
+            await feed.ready.wait()
+            if feed.error:
+                self._release(feed)
+                raise ValueError(feed.error)
+            writer = RecordingWriter(path)
+            self._writers[session_id] = writer
+            while len(self._writers) > MAX_RECORDINGS_TRACKED:  # forget the oldest finished ones
+                oldest = next((sid for sid, w in self._writers.items() if w.closed), None)
+                if oldest is None:
+                    break
+                del self._writers[oldest]
         task = feed.fanout.record(writer)
-        task.add_done_callback(lambda _: self._release(feed))
         self._recordings[session_id] = task
+
+        def done(_: asyncio.Task) -> None:
+            self._recordings.pop(session_id, None)
+            self._release(feed)
+
+        task.add_done_callback(done)
         return str(path)
 
     def recording_path(self, session_id: str) -> str | None:
@@ -261,7 +279,7 @@ class Relay:
                 "oldest": feed.fanout.oldest,
                 "latest": feed.fanout.latest,
                 "ended": feed.fanout.ended,
-                "recording": sid in self._recordings and not self._recordings[sid].done(),
+                "recording": sid in self._recordings,
             }
             for sid, feed in self._feeds.items()
         }

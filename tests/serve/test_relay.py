@@ -171,9 +171,11 @@ def test_viewers_share_one_encode_per_format_and_the_recording_plays(relay, sess
         outs = await asyncio.gather(*(read_all(g) for g in gens))
         info = await relay.wait_recording.remote(sid, 60)
         after = await relay.stats.remote()
-        return before, after, path, info, outs, await relay.recording_path.remote(sid)
+        again = await relay.start_recording.remote(sid)  # idempotent: never rewrites a recording
+        return before, after, path, info, outs, await relay.recording_path.remote(sid), again
 
-    before, after, path, info, (mp4a, mp4b, packed, mj), rec_path = asyncio.run(main())
+    before, after, path, info, (mp4a, mp4b, packed, mj), rec_path, again = asyncio.run(main())
+    assert again == path
 
     # Encoded once per chunk and format, whatever the number of viewers (and the recording shares the mp4).
     delta = {f: after["chunks_encoded"][f] - before["chunks_encoded"][f] for f in ("mp4", "msgpack", "mjpeg")}
