@@ -201,14 +201,18 @@ class Relay:
         _check_session_id(session_id)
         from_chunk = _check_from(from_chunk)
         feed = self._acquire(session_id)
+        pieces = None
         try:
             await feed.ready.wait()
             if feed.error:
                 raise ValueError(feed.error)
             viewer = feed.fanout.subscribe(fmt, from_chunk)
-            async for piece in feed.fanout.stream(viewer):
+            pieces = feed.fanout.stream(viewer)
+            async for piece in pieces:
                 yield piece
         finally:
+            if pieces is not None:
+                await pieces.aclose()  # unsubscribes now, not whenever the generator is collected
             self._release(feed)
 
     async def start_recording(self, session_id: str) -> str:
