@@ -98,8 +98,8 @@ def time_forward(model, inputs: dict, repeats: int, warmup: int, sync=lambda: No
 # -- CPU: TP=1 vs TP=2 over gloo ---------------------------------------------------------------
 
 
-def _cpu_rank(rank: int, world: int, port: int, ckpt: str, args: argparse.Namespace, out: str) -> None:
-    torch.set_num_threads(max(1, args.threads // world))
+def _cpu_rank(rank: int, world: int, port: int, ckpt: str, threads: int, args: argparse.Namespace, out: str) -> None:
+    torch.set_num_threads(threads)
     from helios.model import HeliosTransformer
     from helios.parallel import init_tp_group
 
@@ -116,17 +116,24 @@ def _cpu_rank(rank: int, world: int, port: int, ckpt: str, args: argparse.Namesp
         tdist.destroy_process_group()
 
 
-def _time_diffusers(ckpt: Path, config: HeliosConfig, args: argparse.Namespace) -> float:
+def _time_diffusers(ckpt: Path, config: HeliosConfig, threads: int, args: argparse.Namespace) -> float:
     """Median forward time of diffusers' model on the same checkpoint and inputs (TP=1)."""
     from diffusers import HeliosTransformer3DModel
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     model = HeliosTransformer3DModel.from_pretrained(ckpt).eval()
     inputs = make_inputs(config, args.frames, args.height, args.width, args.text_tokens, "cpu", torch.float32)
     return statistics.median(time_forward(model, inputs, args.repeats, args.warmup))
 
 
+def _ratio(name: str, value: float, note: str, **extra) -> None:
+    print(json.dumps({"bench": "transformer_forward_ratio", "device": "cpu", "ratio": name,
+                      "value": round(value, 3), **extra, "note": note}), flush=True)
+
+
 def bench_cpu(args: argparse.Namespace) -> None:
+    """Real TP ranks over gloo. Each TP size runs with the CPU threads split between its ranks;
+    TP=1 also runs single-threaded, the fairer baseline on an oversubscribed machine."""
     import torch.multiprocessing as mp
 
     from helios.weights.tiny import make_tiny_transformer
@@ -134,38 +141,41 @@ def bench_cpu(args: argparse.Namespace) -> None:
     config = PRESETS[args.preset]()
     tokens, history = token_count(args.frames, args.height, args.width)
     flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens).flops_per_forward
-    medians = {}
+    runs = [(world, max(1, args.threads // world)) for world in args.tp_sizes]
+    if args.threads > 1 and 1 in args.tp_sizes:
+        runs.insert(1, (1, 1))
+    medians: dict[tuple[int, int], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_tiny_transformer(Path(tmp) / "ckpt", config)
-        for world in args.tp_sizes:
-            out = Path(tmp) / f"tp{world}.json"
+        for world, threads in runs:
+            out = Path(tmp) / f"tp{world}_{threads}.json"
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            mp.spawn(_cpu_rank, args=(world, port, str(ckpt), args, str(out)), nprocs=world)
+            mp.spawn(_cpu_rank, args=(world, port, str(ckpt), threads, args, str(out)), nprocs=world)
             times = json.loads(out.read_text())
-            medians[world] = statistics.median(times)
+            medians[(world, threads)] = statistics.median(times)
             print(json.dumps({
                 "bench": "transformer_forward", "device": "cpu", "preset": args.preset, "tp": world,
-                "threads_per_rank": max(1, args.threads // world), "tokens": tokens,
-                "median_s": round(medians[world], 5), "min_s": round(min(times), 5), "repeats": len(times),
-                "gflops_per_forward": round(flops / 1e9, 3),
+                "threads_per_rank": threads, "tokens": tokens,
+                "median_s": round(medians[(world, threads)], 5), "min_s": round(min(times), 5),
+                "repeats": len(times), "gflops_per_forward": round(flops / 1e9, 3),
             }), flush=True)
-        if not args.no_reference:
-            medians["diffusers"] = _time_diffusers(ckpt, config, args)
-            print(json.dumps({
-                "bench": "transformer_forward_ratio", "device": "cpu", "preset": args.preset,
-                "ratio": "diffusers_over_ours_tp1", "value": round(medians["diffusers"] / medians[1], 3),
-                "diffusers_median_s": round(medians["diffusers"], 5),
-                "note": "diffusers HeliosTransformer3DModel time over ours at TP=1 (>1 means ours is faster)",
-            }), flush=True)
-    base = medians[args.tp_sizes[0]]
-    for world in args.tp_sizes[1:]:
-        print(json.dumps({
-            "bench": "transformer_forward_ratio", "device": "cpu", "preset": args.preset,
-            "ratio": f"tp{args.tp_sizes[0]}_over_tp{world}", "value": round(base / medians[world], 3),
-            "note": "speed-up of TP over TP=1 on the same cores (>1 means faster)",
-        }), flush=True)
+        if not args.no_reference and 1 in args.tp_sizes:
+            ref = _time_diffusers(ckpt, config, 1, args)
+            _ratio("diffusers_over_ours_tp1_1thread", ref / medians[(1, 1)],
+                   "diffusers HeliosTransformer3DModel time over ours, both TP=1 single-threaded (>1: ours faster)",
+                   diffusers_median_s=round(ref, 5))
+    base_world, base_threads = runs[0]
+    for world, threads in runs[1:]:
+        if world == base_world:
+            continue
+        _ratio(f"tp{base_world}x{base_threads}thr_over_tp{world}x{threads}thr",
+               medians[(base_world, base_threads)] / medians[(world, threads)],
+               "speed-up of TP over TP=1 with the same total threads (>1 means faster)")
+        if (1, 1) in medians and (1, 1) != runs[0]:
+            _ratio(f"tp1x1thr_over_tp{world}x{threads}thr", medians[(1, 1)] / medians[(world, threads)],
+                   "speed-up of TP ranks over one single-threaded process (>1 means faster)")
 
 
 # -- GPU: 14B TP=1 and one rank's share of TP=N ------------------------------------------------
