@@ -207,6 +207,8 @@ def bench_share(args: argparse.Namespace) -> None:
                           "note": "no CUDA device in this run"}))
         return
     cuda = device == "cuda"
+    if not cuda:
+        torch.set_num_threads(args.threads)
     # one rank alone: the all-reduces are skipped (their cost is what `allreduce_payload_bytes` estimates)
     layers.reduce_from_tp_region = lambda x, tp: x
     name = torch.cuda.get_device_name() if cuda else "cpu"
@@ -235,6 +237,9 @@ def bench_share(args: argparse.Namespace) -> None:
             "tflops_per_rank": round(flops.flops_per_rank / 1e12, 4), "achieved_tflops": round(achieved, 4),
             "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None,
             "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            # not measured: ring all-reduce moves 2(N-1)/N of the payload at the assumed bus bandwidth
+            "est_allreduce_s": round(flops.allreduce_payload_bytes * 2 * (world - 1) / world / (args.busbw_gbs * 1e9), 6),
+            "assumed_busbw_gbs": args.busbw_gbs,
         }), flush=True)
         del model, inputs
         if cuda:
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None, help="latent width (cpu 16, cuda 80)")
     parser.add_argument("--text-tokens", type=int, default=None, help="cpu 16, cuda 512")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--busbw-gbs", type=float, default=370.0,
+                        help="share mode: all-reduce bus bandwidth assumed for the estimate (H100 NVLink ~370)")
     parser.add_argument("--no-reference", action="store_true", help="cpu: skip timing diffusers' model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpu threads shared by the ranks")
