@@ -209,42 +209,46 @@ def bench_share(args: argparse.Namespace) -> None:
     cuda = device == "cuda"
     if not cuda:
         torch.set_num_threads(args.threads)
-    # one rank alone: the all-reduces are skipped (their cost is what `allreduce_payload_bytes` estimates)
-    layers.reduce_from_tp_region = lambda x, tp: x
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
     dtype = torch.bfloat16 if cuda else torch.float32
     config = PRESETS[args.preset]()
     tokens, history = token_count(args.frames, args.height, args.width)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for world in args.tp_sizes:
-        with torch.device("meta"):
-            model = HeliosTransformer(config, tp_group=TPGroup(0, world) if world > 1 else None)
-        model.cast_(dtype)
-        materialize_(model, device)
-        _fill_random_(model)
-        inputs = make_inputs(config, args.frames, args.height, args.width, args.text_tokens, device, dtype)
-        times = time_forward(model, inputs, args.repeats, args.warmup, sync)
-        flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens, tp=world)
-        med = statistics.median(times)
-        achieved = flops.flops_per_rank / med / 1e12
-        print(json.dumps({
-            "bench": "transformer_forward" if world == 1 else "transformer_rank_share",
-            "device": name, "preset": args.preset, "dtype": str(dtype).removeprefix("torch."), "tp": world,
-            "tokens": tokens,
-            "collectives": "excluded" if world > 1 else "none",
-            "median_s": round(med, 4), "min_s": round(min(times), 4), "repeats": len(times),
-            "tflops_per_rank": round(flops.flops_per_rank / 1e12, 4), "achieved_tflops": round(achieved, 4),
-            "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None,
-            "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-            # not measured: ring all-reduce moves 2(N-1)/N of the payload at the assumed bus bandwidth
-            "est_allreduce_s": round(flops.allreduce_payload_bytes * 2 * (world - 1) / world / (args.busbw_gbs * 1e9), 6),
-            "assumed_busbw_gbs": args.busbw_gbs,
-        }), flush=True)
-        del model, inputs
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+    # one rank alone: the all-reduces are skipped (their cost is what `allreduce_payload_bytes` estimates)
+    original = layers.reduce_from_tp_region
+    layers.reduce_from_tp_region = lambda x, tp: x
+    try:
+        for world in args.tp_sizes:
+            with torch.device("meta"):
+                model = HeliosTransformer(config, tp_group=TPGroup(0, world) if world > 1 else None)
+            model.cast_(dtype)
+            materialize_(model, device)
+            _fill_random_(model)
+            inputs = make_inputs(config, args.frames, args.height, args.width, args.text_tokens, device, dtype)
+            times = time_forward(model, inputs, args.repeats, args.warmup, sync)
+            flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens, tp=world)
+            med = statistics.median(times)
+            achieved = flops.flops_per_rank / med / 1e12
+            print(json.dumps({
+                "bench": "transformer_forward" if world == 1 else "transformer_rank_share",
+                "device": name, "preset": args.preset, "dtype": str(dtype).removeprefix("torch."), "tp": world,
+                "tokens": tokens,
+                "collectives": "excluded" if world > 1 else "none",
+                "median_s": round(med, 4), "min_s": round(min(times), 4), "repeats": len(times),
+                "tflops_per_rank": round(flops.flops_per_rank / 1e12, 4), "achieved_tflops": round(achieved, 4),
+                "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None,
+                "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                # not measured: ring all-reduce moves 2(N-1)/N of the payload at the assumed bus bandwidth
+                "est_allreduce_s": round(flops.allreduce_payload_bytes * 2 * (world - 1) / world / (args.busbw_gbs * 1e9), 6),
+                "assumed_busbw_gbs": args.busbw_gbs,
+            }), flush=True)
+            del model, inputs
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+    finally:
+        layers.reduce_from_tp_region = original
 
 
 # -- host memory of per-rank loading ------------------------------------------------------------
