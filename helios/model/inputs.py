@@ -49,6 +49,8 @@ def check_forward_inputs(
         _fail("hidden_states", f"frames/height/width {[frames, height, width]} must divide by patch_size {list(cfg.patch_size)}")
 
     if not isinstance(timestep, torch.Tensor):
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
+            _fail("timestep", f"expected a tensor or a number, got {type(timestep).__name__}")
         timestep = torch.tensor([timestep], device=hidden_states.device)
     timestep = timestep.reshape(-1) if timestep.ndim == 0 else timestep
     if timestep.ndim != 1 or timestep.shape[0] not in (1, batch):

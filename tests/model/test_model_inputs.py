@@ -77,6 +77,7 @@ def _with(**changes):
         (dict(hidden_states=torch.randn(1, 16, 3, 7, 8)), r"hidden_states: .* must divide by patch_size"),
         (dict(encoder_hidden_states=torch.randn(1, 7, 33)), r"encoder_hidden_states: expected shape \[1, tokens, 32\]"),
         (dict(timestep=torch.tensor([1, 2, 3])), r"timestep: expected a scalar or shape \[1\]"),
+        (dict(timestep="late"), r"timestep: expected a tensor or a number, got str"),
         (dict(indices_hidden_states=torch.tensor([[0, 1]])), r"indices_hidden_states: expected shape \[1 or 1, 3\]"),
         (dict(indices_latents_history_mid=None), r"indices_latents_history_mid: required when latents_history_mid"),
         (dict(latents_history_long=torch.randn(2, 16, 16, 16, 16)), r"latents_history_long: batch size 2"),
@@ -93,4 +94,5 @@ def test_scalar_timestep_broadcasts(model):
     with torch.no_grad():
         a = model(**{**kwargs, "timestep": torch.tensor(500)})
         b = model(**{**kwargs, "timestep": torch.tensor([500, 500])})
-    assert torch.equal(a, b)
+        c = model(**{**kwargs, "timestep": 500})
+    assert torch.equal(a, b) and torch.equal(a, c)
