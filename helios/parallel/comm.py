@@ -18,14 +18,24 @@ def tp_rank(tp: TPGroup | None) -> int:
     return 0 if tp is None else tp.rank
 
 
+def _dscomm(tp: TPGroup):
+    """deepspeed.comm, after checking the group was really initialised (not just constructed)."""
+    import deepspeed.comm as dscomm
+
+    if not dscomm.is_initialized():
+        raise RuntimeError(
+            f"{tp} has no process group: create it with init_tp_group(...) or "
+            "TPGroup.from_process_group(pg) before running collectives"
+        )
+    return dscomm
+
+
 def reduce_from_tp_region(x: torch.Tensor, tp: TPGroup | None) -> torch.Tensor:
     """Sum partial results of row-parallel layers across the group (in place, returned)."""
     if tp_size(tp) == 1:
         return x
-    import deepspeed.comm as dscomm
-
     x = x.contiguous()
-    dscomm.all_reduce(x, group=tp.group)
+    _dscomm(tp).all_reduce(x, group=tp.group)
     return x
 
 
@@ -33,11 +43,9 @@ def gather_from_tp_region(x: torch.Tensor, tp: TPGroup | None, dim: int = -1) ->
     """Concatenate every rank's shard of `x` along `dim` (rank order)."""
     if tp_size(tp) == 1:
         return x
-    import deepspeed.comm as dscomm
-
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(tp.world_size)]
-    dscomm.all_gather(parts, x, group=tp.group)
+    _dscomm(tp).all_gather(parts, x, group=tp.group)
     return torch.cat(parts, dim=dim)
 
 
@@ -45,6 +53,4 @@ def barrier(tp: TPGroup | None) -> None:
     """Wait for every rank of the group."""
     if tp_size(tp) == 1:
         return
-    import deepspeed.comm as dscomm
-
-    dscomm.barrier(group=tp.group)
+    _dscomm(tp).barrier(group=tp.group)

@@ -31,7 +31,10 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
         mismatch = "no error"
     except ValueError as exc:
         mismatch = str(exc)
-    checks = {"again": [again.rank, again.world_size], "mismatch": mismatch}
+    from helios.parallel import gather_from_tp_region
+
+    gathered = gather_from_tp_region(torch.full((1, 2), float(rank)), tp_world, dim=1)
+    checks = {"again": [again.rank, again.world_size], "mismatch": mismatch, "gathered": gathered.tolist()}
     (out / f"checks_rank{rank}.json").write_text(json.dumps(checks))
 
     # every rank creates every subgroup, in the same order (torch.distributed rule)

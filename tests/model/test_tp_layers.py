@@ -64,3 +64,14 @@ def test_layers_at_world_size_one_are_plain_layers():
 def test_nccl_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="backend='nccl' needs a CUDA device"):
         init_tp_group(0, 2, backend="nccl", master_port=29999)
+
+
+def test_collective_without_process_group_is_a_clear_error():
+    import deepspeed.comm as dscomm
+
+    from helios.parallel import reduce_from_tp_region
+
+    if dscomm.is_initialized():
+        pytest.skip("deepspeed.comm initialised by another test in this process")
+    with pytest.raises(RuntimeError, match=r"TPGroup\(rank=0, world_size=2\) has no process group"):
+        reduce_from_tp_region(torch.ones(2), TPGroup(0, 2))

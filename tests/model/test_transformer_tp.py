@@ -70,8 +70,9 @@ def test_tp2_bf16_close_to_tp1_bf16(tp_run, tp_ckpt):
         assert (got.float() - expected).abs().max().item() <= 5e-2
 
 
-def test_init_tp_group_reuses_initialised_world(tp_run):
+def test_init_tp_group_reuses_initialised_world_and_gathers(tp_run):
     for rank in range(WORLD):
         checks = json.loads((tp_run / f"checks_rank{rank}.json").read_text())
         assert checks["again"] == [rank, WORLD]
         assert f"already initialised as rank {rank} of {WORLD}" in checks["mismatch"]
+        assert checks["gathered"] == [[0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]]
