@@ -207,15 +207,23 @@ class FrameDecoder:
     """
 
     def __init__(self) -> None:
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2**31 - 1)
+        self._unpacker = self._new_unpacker()
         self.ended = False
         self.end_reason: str | None = None
         self.last_chunk: int | None = None
         self.last_end: int = 0  # first_frame + n of the last delivered item of last_chunk
         self._resume_chunk: int | None = None
 
+    @staticmethod
+    def _new_unpacker() -> msgpack.Unpacker:
+        return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2**31 - 1)
+
     def resume_from(self) -> int | None:
-        """The chunk to reconnect from (the last one seen; its delivered frames are skipped)."""
+        """The chunk to reconnect from (the last one seen; its delivered frames are skipped).
+
+        Drops the half-received item of the broken connection: the new one starts clean.
+        """
+        self._unpacker = self._new_unpacker()
         if self.last_chunk is None:
             return None
         self._resume_chunk = self.last_chunk
