@@ -101,11 +101,10 @@ class HeliosConfig(BaseModel):
         """Raise ValueError unless `tp_size` shards heads and FFN evenly."""
         if tp_size < 1:
             raise ValueError(f"tp_size={tp_size} must be >= 1")
-        if self.num_attention_heads % tp_size:
-            raise ValueError(
-                f"tp_size={tp_size} does not divide num_attention_heads={self.num_attention_heads}; "
-                f"choose one of {[n for n in range(1, self.num_attention_heads + 1) if self.num_attention_heads % n == 0]}"
-            )
+        heads = self.num_attention_heads
+        if heads % tp_size:
+            choices = [n for n in range(1, heads + 1) if heads % n == 0]
+            raise ValueError(f"tp_size={tp_size} does not divide num_attention_heads={heads}; choose one of {choices}")
         if self.ffn_dim % tp_size:
             raise ValueError(f"tp_size={tp_size} does not divide ffn_dim={self.ffn_dim}")
 

@@ -46,7 +46,8 @@ def check_forward_inputs(
     batch, _, frames, height, width = hidden_states.shape
     p_t, p_h, p_w = cfg.patch_size
     if frames % p_t or height % p_h or width % p_w:
-        _fail("hidden_states", f"frames/height/width {[frames, height, width]} must divide by patch_size {list(cfg.patch_size)}")
+        dims = [frames, height, width]
+        _fail("hidden_states", f"frames/height/width {dims} must divide by patch_size {list(cfg.patch_size)}")
 
     if not isinstance(timestep, torch.Tensor):
         if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
@@ -79,11 +80,15 @@ def check_forward_inputs(
             _fail(lname, "this model has no multi-term memory patch (has_multi_term_memory_patch=False)")
         _check_latents(lname, latents, cfg, batch)
         if term == "short" and (latents.shape[3] % p_h or latents.shape[4] % p_w or latents.shape[2] % p_t):
-            _fail(lname, f"frames/height/width {list(latents.shape[2:])} must divide by patch_size {list(cfg.patch_size)}")
+            dims = list(latents.shape[2:])
+            _fail(lname, f"frames/height/width {dims} must divide by patch_size {list(cfg.patch_size)}")
         _check_indices(iname, indices, latents.shape[2], batch)  # one index per latent frame
     short = history["short"][0]
     for term in ("mid", "long"):
         latents = history[term][0]
         if latents is not None and short is not None and latents.shape[3:] != short.shape[3:]:
-            _fail(f"latents_history_{term}", f"height/width {list(latents.shape[3:])} differ from latents_history_short's {list(short.shape[3:])}")
+            _fail(
+                f"latents_history_{term}",
+                f"height/width {list(latents.shape[3:])} differ from latents_history_short's {list(short.shape[3:])}",
+            )
     return timestep

@@ -463,7 +463,8 @@ class HeliosTransformer(nn.Module):
     def _stream(self, tokens: torch.Tensor, indices: torch.Tensor, height: int, width: int, pool: int) -> _Stream:
         cos, sin = self.rope.grid(indices, height, width, tokens.device, pool=pool)
         batch = tokens.shape[0]  # indices may have batch 1 for a whole batch
-        return _Stream(tokens=tokens.flatten(2).transpose(1, 2), cos=cos.expand(batch, -1, -1), sin=sin.expand(batch, -1, -1))
+        tokens = tokens.flatten(2).transpose(1, 2)
+        return _Stream(tokens=tokens, cos=cos.expand(batch, -1, -1), sin=sin.expand(batch, -1, -1))
 
     def extra_repr(self) -> str:
         return f"tp={tp_size(self.tp_group)}, layers={self.config.num_layers}, dim={self.config.inner_dim}"
