@@ -285,7 +285,10 @@ async function onImageChosen(event) {
   if (!file) return;
   $("image-info").textContent = "";
   try {
-    const { blob, width, height, quality } = await compressImage(file, app.size);
+    // The model's resolution: what the video shows, else what /v1/models says, else 640x384.
+    const img = $("video");
+    const size = img.naturalWidth ? { width: img.naturalWidth, height: img.naturalHeight } : app.size;
+    const { blob, width, height, quality } = await compressImage(file, size);
     const dataUrl = await blobToDataUrl(blob);
     $("image-info").textContent = `${file.name}: ${width}×${height} JPEG q=${quality}, ${(blob.size / 1024).toFixed(1)} KB`;
     await sendCommand("set_image", { image_b64: dataUrl, transition: $("transition").value });

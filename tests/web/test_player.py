@@ -71,8 +71,10 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     assert len(buf.getvalue()) > 64 * 1024  # the page must compress it under the limit itself
     page.set_input_files("#image", files=[{"name": "noise.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
     page.wait_for_function("document.querySelector('#log').textContent.includes('image set')", timeout=TIMEOUT_MS)
-    kb = float(page.inner_text("#image-info").split(", ")[-1].split(" KB")[0])
-    assert kb <= 64
+    info = page.inner_text("#image-info")  # e.g. "noise.png: 96×64 JPEG q=0.92, 12.3 KB"
+    assert float(info.split(", ")[-1].split(" KB")[0]) <= 64
+    width, height = page.evaluate("[document.querySelector('#video').naturalWidth, document.querySelector('#video').naturalHeight]")
+    assert f"{width}×{height}" in info  # resized to the stream's resolution in the browser
 
     page.screenshot(path=str(test_output_dir / "web-player.png"), full_page=True)
 
