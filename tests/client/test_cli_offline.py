@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,15 @@ def test_cli_reports_bad_input_without_a_traceback(capsys, tmp_path):
     # No server listening: a clear one-line error, exit 1.
     assert cli.main(["session", "get", "sid", "--url", "http://127.0.0.1:9", "--api-key", "k"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_helios_serve_runs_the_readme_command(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: calls.append(argv))
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert cli.main(["serve"]) == 0
+    (argv,) = calls
+    assert Path(argv[0]).name == "serve" and argv[1:] == ["run", "serve_config.yaml"]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["serve"]) == 2
+    assert "serve_config.yaml" in capsys.readouterr().err
