@@ -439,8 +439,11 @@ class FrontDoor:
                 yield piece
 
         async def body() -> AsyncIterator[bytes]:
+            # Bounded buffering per viewer: a slow client is skipped forward, never slows the others.
+            from helios.media.skipforward import skip_forward
+
             try:
-                async for piece in _skip_forward(pieces(), format):
+                async for piece in skip_forward(pieces(), format):
                     yield bytes(piece)
             except Exception as exc:  # noqa: BLE001 - the viewer sees the stream end; log why
                 self.metrics.errors.labels("stream").inc()
@@ -528,15 +531,6 @@ def _maybe_id(text: str) -> str | None:
         return value if isinstance(value, str) else None
     except Exception:  # noqa: BLE001
         return None
-
-
-def _skip_forward(pieces: AsyncIterator[bytes], fmt: str) -> AsyncIterator[bytes]:
-    """The relay's slow-viewer guard when it offers one (bounded buffering per viewer)."""
-    try:
-        from deployments.relay import skip_forward
-    except ImportError:
-        return pieces
-    return skip_forward(pieces, fmt)
 
 
 def _relay_error(exc: Exception) -> HTTPException:
