@@ -12,7 +12,14 @@ from typing import Any, AsyncIterator, Callable
 import httpx
 
 from helios.client import wire
-from helios.client.errors import HeliosConnectionError, HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
+from helios.client.errors import (
+    HeliosCapacityError,
+    HeliosConnectionError,
+    HeliosError,
+    HeliosNotFoundError,
+    HeliosSessionEnded,
+    HeliosTimeout,
+)
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
 from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES
 from helios.client.types import Ack, Chunk, Message, SessionInfo
@@ -82,13 +89,23 @@ class AsyncHeliosClient:
         wait: bool = True,
         on_queue: wire.QueueCallback | None = None,
         timeout: float | None = None,
+        retry_busy_s: float = 0.0,
     ) -> "AsyncHeliosSession":
         body: dict[str, Any] = {}
         if model is not None:
             body["model"] = model
         if seed is not None:
             body["seed"] = int(seed)
-        resp = await self.request("POST", "/v1/sessions", json=body)
+        deadline = time.monotonic() + retry_busy_s
+        while True:
+            try:
+                resp = await self.request("POST", "/v1/sessions", json=body)
+                break
+            except HeliosCapacityError as exc:  # queue full: retry for up to retry_busy_s
+                wait = min(exc.retry_after or 1.0, MAX_POLL_S)
+                if time.monotonic() + wait > deadline:
+                    raise
+                await asyncio.sleep(wait)  # Retry-After, not synchronisation
         session = AsyncHeliosSession(self, SessionInfo.model_validate(resp.json()))
         if session.info.status == "queued" and wait:
             await session.wait_active(on_queue=on_queue, timeout=timeout,

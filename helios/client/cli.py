@@ -56,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.chunks < 1:
         raise ValueError(f"--chunks: expected a positive number of chunks, got {args.chunks}")
     with _client(args) as client:
-        session = client.create_session(args.model, seed=args.seed, on_queue=_on_queue)
+        session = client.create_session(args.model, seed=args.seed, on_queue=_on_queue, retry_busy_s=args.wait_busy)
         print(f"session {session.id} ({session.info.model})", file=sys.stderr)
         try:
             session.set_prompt(args.prompt)
@@ -107,7 +107,8 @@ def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
 def cmd_session(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.action == "create":
-            session = client.create_session(args.model, seed=args.seed, on_queue=_on_queue, wait=not args.no_wait)
+            session = client.create_session(args.model, seed=args.seed, on_queue=_on_queue, wait=not args.no_wait,
+                                            retry_busy_s=args.wait_busy)
             _print_json(session.info.model_dump(exclude_none=True))
         elif args.action == "get":
             _print_json(client.get_session(args.session_id, token=args.token).model_dump(exclude_none=True))
@@ -141,7 +142,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     with _client(args) as client:
         model = args.model or timeline.model
         seed = args.seed if args.seed is not None else timeline.seed
-        session = client.create_session(model, seed=seed, on_queue=_on_queue)
+        session = client.create_session(model, seed=seed, on_queue=_on_queue, retry_busy_s=args.wait_busy)
         print(f"session {session.id}: playing {timeline.total_chunks} chunks", file=sys.stderr)
         recorder = None
         if args.output:
@@ -221,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
+    def busy(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait-busy", type=float, default=0.0, metavar="SECONDS",
+                       help="when the server is full (429), keep retrying this long")
+
     def conn(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=os.environ.get("HELIOS_URL", "http://127.0.0.1:8000"),
                        help="server URL (env HELIOS_URL)")
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate N chunks into an .mp4")
     conn(p)
+    busy(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--chunks", type=int, default=3)
     p.add_argument("-o", "--output", default="helios.mp4")
@@ -250,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss = p.add_subparsers(dest="action", required=True)
     q = ss.add_parser("create", help="create a session; prints its id, viewer token and URLs")
     conn(q)
+    busy(q)
     q.add_argument("--model")
     q.add_argument("--seed", type=int)
     q.add_argument("--no-wait", action="store_true", help="return at once when queued")
@@ -274,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("play", help="play a prompt timeline (YAML: chunk -> prompt/image) into a new session")
     conn(p)
+    busy(p)
     p.add_argument("timeline")
     p.add_argument("--model", help="overrides the file's model")
     p.add_argument("--seed", type=int)

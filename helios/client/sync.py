@@ -11,7 +11,14 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from helios.client import wire
-from helios.client.errors import HeliosConnectionError, HeliosError, HeliosNotFoundError, HeliosSessionEnded, HeliosTimeout
+from helios.client.errors import (
+    HeliosCapacityError,
+    HeliosConnectionError,
+    HeliosError,
+    HeliosNotFoundError,
+    HeliosSessionEnded,
+    HeliosTimeout,
+)
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
 from helios.client.types import Ack, Chunk, Message, SessionInfo
 from helios.client.video import Mp4Writer
@@ -93,14 +100,27 @@ class HeliosClient:
         wait: bool = True,
         on_queue: wire.QueueCallback | None = None,
         timeout: float | None = None,
+        retry_busy_s: float = 0.0,
     ) -> "HeliosSession":
-        """POST /v1/sessions; if queued and `wait`, poll until active, calling `on_queue(position)`."""
+        """POST /v1/sessions; if queued and `wait`, poll until active, calling `on_queue(position)`.
+
+        A 429 (queue full) raises HeliosCapacityError, or is retried for `retry_busy_s` seconds.
+        """
         body: dict[str, Any] = {}
         if model is not None:
             body["model"] = model
         if seed is not None:
             body["seed"] = int(seed)
-        resp = self.request("POST", "/v1/sessions", json=body)
+        deadline = time.monotonic() + retry_busy_s
+        while True:
+            try:
+                resp = self.request("POST", "/v1/sessions", json=body)
+                break
+            except HeliosCapacityError as exc:  # queue full: retry for up to retry_busy_s
+                wait = min(exc.retry_after or 1.0, MAX_POLL_S)
+                if time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)  # Retry-After, not synchronisation
         session = HeliosSession(self, SessionInfo.model_validate(resp.json()))
         if session.info.status == "queued" and wait:
             session.wait_active(on_queue=on_queue, timeout=timeout,

@@ -19,9 +19,12 @@ def _conn(server) -> list[str]:
     return ["--url", server.url, "--api-key", server.api_key]
 
 
+BUSY = ["--wait-busy", "120"]  # the shared test app has few slots: wait for one rather than fail
+
+
 def test_generate_writes_an_mp4_of_whole_chunks_with_the_tiny_model(helios_server, tmp_path, capsys):
     out = tmp_path / "tiny.mp4"
-    rc = cli.main(["generate", *_conn(helios_server), "--model", "helios-tiny", "--prompt", "a lighthouse in a storm",
+    rc = cli.main(["generate", *_conn(helios_server), *BUSY, "--model", "helios-tiny", "--prompt", "a lighthouse in a storm",
                    "--chunks", "2", "--seed", "5", "-o", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
@@ -43,7 +46,7 @@ def test_timeline_switches_prompts_at_the_scheduled_chunks(helios_server, tmp_pa
         "  2: {prompt: a storm rolls in}\n"
         "  3: {prompt: lightning over the waves, image: green.png, transition: blend}\n"
     )
-    rc = cli.main(["play", *_conn(helios_server), str(timeline)])
+    rc = cli.main(["play", *_conn(helios_server), *BUSY, str(timeline)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     events = [json.loads(line)["data"] for line in captured.out.splitlines() if line.startswith("{")]
@@ -71,7 +74,7 @@ def test_session_subcommands(helios_server, capsys, monkeypatch):
             yield msg
 
     monkeypatch.setattr(HeliosSession, "messages", spy)
-    assert cli.main(["session", "create", *_conn(helios_server), "--model", "test-pattern"]) == 0
+    assert cli.main(["session", "create", *_conn(helios_server), *BUSY, "--model", "test-pattern"]) == 0
     info = json.loads(capsys.readouterr().out)
     sid = info["session_id"]
     try:

@@ -12,9 +12,11 @@ from helios.client import AsyncHeliosClient, HeliosClient, HeliosCommandError, H
 
 pytestmark = pytest.mark.e2e
 
+BUSY_S = 120  # the shared test app has 2 test-pattern slots; wait for one rather than fail
+
 
 def test_session_lifecycle_commands_and_messages(client):
-    session = client.create_session("test-pattern", seed=3)
+    session = client.create_session("test-pattern", seed=3, retry_busy_s=BUSY_S)
     assert session.info.status == "active" and session.viewer_token
     try:
         assert session.set_prompt("a red fox").ok
@@ -83,7 +85,7 @@ def test_frame_stream_reconnects_without_gaps_or_duplicates(helios_server):
     chunk_bytes = 33 * 64 * 96 * 3  # the test app's test-pattern geometry
     transport = _CutOnce(limit=int(chunk_bytes * 1.5))
     with HeliosClient(helios_server.url, helios_server.api_key, transport=transport) as client:
-        with client.create_session("test-pattern") as session:
+        with client.create_session("test-pattern", retry_busy_s=BUSY_S) as session:
             session.set_prompt("counting frames")
             session.start()
             per_chunk: dict[int, list[int]] = {}
@@ -101,7 +103,7 @@ def test_frame_stream_reconnects_without_gaps_or_duplicates(helios_server):
 def test_message_stream_resumes_after_a_drop_without_gaps_or_duplicates(helios_server):
     transport = _CutOnce(limit=700, path_suffix="/events")  # a few messages, then cut mid-message
     with HeliosClient(helios_server.url, helios_server.api_key, transport=transport) as client:
-        with client.create_session("test-pattern") as session:
+        with client.create_session("test-pattern", retry_busy_s=BUSY_S) as session:
             session.set_prompt("resume me")
             session.start()
             seqs, events = [], []
@@ -118,7 +120,7 @@ def test_message_stream_resumes_after_a_drop_without_gaps_or_duplicates(helios_s
 def test_save_mp4_and_viewer_token(client, tmp_path):
     import av
 
-    session = client.create_session("test-pattern")
+    session = client.create_session("test-pattern", retry_busy_s=BUSY_S)
     try:
         session.set_prompt("a lighthouse")
         session.start()
@@ -142,7 +144,7 @@ def test_async_client_commands_frames_and_image(helios_server):
         async with AsyncHeliosClient(helios_server.url, helios_server.api_key) as client:
             models = await client.models()
             assert {"test-pattern", "helios-tiny"} <= {m["name"] for m in models}
-            async with await client.create_session("test-pattern") as session:
+            async with await client.create_session("test-pattern", retry_busy_s=BUSY_S) as session:
                 await session.set_prompt("async fox")
                 ack = await session.set_image(np.full((300, 500, 3), 180, np.uint8), "blend")
                 assert ack.ok
