@@ -24,7 +24,7 @@ from helios.config import HeliosConfig
 from helios.model.inputs import check_forward_inputs
 from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowParallelLinear, set_weight_attrs
 from helios.model.rope import HeliosRotaryEmbedding, apply_rope, pad_replicate_3d
-from helios.parallel.comm import tp_size
+from helios.parallel.comm import gather_uneven, heads_to_seq, seq_to_heads, split_sizes, tp_rank, tp_size
 from helios.parallel.group import TPGroup
 
 logger = logging.getLogger(__name__)
@@ -102,9 +102,11 @@ class HeliosAttention(nn.Module):
         tp: TPGroup | None,
         amplify_history: bool = False,
         history_scale_mode: str = "per_head",
+        sp: TPGroup | None = None,
     ) -> None:
         super().__init__()
         inner = heads * head_dim
+        self.sp = sp if tp_size(sp) > 1 else None
         self.head_dim = head_dim
         self.heads_per_rank = heads // tp_size(tp)
         self.to_q = ColumnParallelLinear(dim, inner, tp=tp)
@@ -127,7 +129,10 @@ class HeliosAttention(nn.Module):
         context: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         history_len: int = 0,
+        seq_sizes: list[int] | None = None,
     ) -> torch.Tensor:
+        """Under sequence parallelism (self-attention only) x holds this rank's tokens and
+        `seq_sizes` every rank's token count: all-to-all to all tokens x my heads and back."""
         kv_source = x if context is None else context
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads_per_rank, self.head_dim))
         k = self.norm_k(self.to_k(kv_source)).unflatten(-1, (self.heads_per_rank, self.head_dim))
@@ -138,8 +143,13 @@ class HeliosAttention(nn.Module):
         if self.amplify_history and context is None and history_len > 0:
             scale = 1.0 + torch.sigmoid(self.history_key_scale) * (HISTORY_MAX_SCALE - 1.0)
             k = torch.cat([k[:, :history_len] * scale.view(1, 1, -1, 1).to(k.dtype), k[:, history_len:]], dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        out = out.transpose(1, 2).flatten(2).to(q.dtype)
+        ulysses = self.sp is not None and context is None
+        if ulysses:
+            q, k, v = (seq_to_heads(t, self.sp, seq_sizes) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        if ulysses:
+            out = heads_to_seq(out.contiguous(), self.sp, seq_sizes)
+        out = out.flatten(2).to(q.dtype)
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -202,7 +212,7 @@ class HeliosTransformerBlock(nn.Module):
     """Self-attention (all tokens, rope) -> cross-attention to text (current tokens only under
     guidance_cross_attn) -> FFN, each pre-normed; attention and FFN adaLN-modulated and gated."""
 
-    def __init__(self, config: HeliosConfig, *, tp: TPGroup | None) -> None:
+    def __init__(self, config: HeliosConfig, *, tp: TPGroup | None, sp: TPGroup | None = None) -> None:
         super().__init__()
         dim, eps = config.inner_dim, config.eps
         heads, head_dim = config.num_attention_heads, config.attention_head_dim
@@ -216,6 +226,7 @@ class HeliosTransformerBlock(nn.Module):
             tp=tp,
             amplify_history=config.is_amplify_history,
             history_scale_mode=config.history_scale_mode,
+            sp=sp,
         )
         self.attn2 = HeliosAttention(dim, heads, head_dim, eps=eps, tp=tp)
         self.norm2 = HeliosLayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
@@ -231,6 +242,7 @@ class HeliosTransformerBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         history_len: int,
         mod_history_len: int,
+        seq_sizes: list[int] | None = None,
     ) -> torch.Tensor:
         """x (B, history+current, D); time_rows (B, 2, 6, D): adaLN rows for [history, current]
         tokens; `mod_history_len` is history_len when history has its own (zero) timestep, else 0."""
@@ -240,7 +252,8 @@ class HeliosTransformerBlock(nn.Module):
 
         # 1. Self-attention over history + current tokens
         normed = modulate(self.norm1(x.float()), shift, scale, h).to(x.dtype)
-        x = gated_residual(x, self.attn1(normed, rope=rope, history_len=history_len), gate, h)
+        attn = self.attn1(normed, rope=rope, history_len=history_len, seq_sizes=seq_sizes)
+        x = gated_residual(x, attn, gate, h)
 
         # 2. Cross-attention to the text
         start = history_len if self.guidance_cross_attn else 0
@@ -289,11 +302,21 @@ class HeliosTransformer(nn.Module):
     allocate nothing); fill them with `from_pretrained`, `load_weights` or `load_state_dict`.
     """
 
-    def __init__(self, config: HeliosConfig, *, tp_group: TPGroup | None = None) -> None:
+    def __init__(
+        self, config: HeliosConfig, *, tp_group: TPGroup | None = None, sp_group: TPGroup | None = None
+    ) -> None:
         super().__init__()
         config.check_tp_size(tp_size(tp_group))
+        if tp_size(sp_group) > 1:
+            if tp_size(tp_group) > 1:
+                raise ValueError("tp_group and sp_group: combining tensor and sequence parallelism is not supported")
+            if config.num_attention_heads % tp_size(sp_group):
+                raise ValueError(
+                    f"sp_size={tp_size(sp_group)} does not divide num_attention_heads={config.num_attention_heads}"
+                )
         self.config = config
         self.tp_group = tp_group
+        self.sp_group = sp_group if tp_size(sp_group) > 1 else None
         dim, patch = config.inner_dim, config.patch_size
         cin = config.in_channels
 
@@ -313,7 +336,9 @@ class HeliosTransformer(nn.Module):
         self.condition_embedder = HeliosConditionEmbedder(dim, config.freq_dim, config.text_dim)
 
         # 4. Transformer blocks
-        self.blocks = nn.ModuleList([HeliosTransformerBlock(config, tp=tp_group) for _ in range(config.num_layers)])
+        self.blocks = nn.ModuleList(
+            [HeliosTransformerBlock(config, tp=tp_group, sp=self.sp_group) for _ in range(config.num_layers)]
+        )
 
         # 5. Output norm & projection
         self.norm_out = HeliosOutputNorm(dim, config.eps)
@@ -333,12 +358,13 @@ class HeliosTransformer(nn.Module):
         tp_group: TPGroup | None = None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        sp_group: TPGroup | None = None,
     ) -> "HeliosTransformer":
         """Load a diffusers-format transformer folder (or a pipeline folder's `transformer/`);
         each rank reads only its own slices. dtype defaults to float32, device to CPU."""
         from helios.weights.loader import load_transformer
 
-        return load_transformer(path, tp_group=tp_group, dtype=dtype, device=device)
+        return load_transformer(path, tp_group=tp_group, dtype=dtype, device=device, sp_group=sp_group)
 
     def load_weights(self, tensors: Iterable[tuple[str, Any]], *, strict: bool = True) -> list[str]:
         """Load (name, full tensor or safetensors slice) pairs, e.g. a diffusers state dict's
@@ -434,6 +460,9 @@ class HeliosTransformer(nn.Module):
         x = torch.cat([s.tokens for s in streams], dim=1).contiguous()
         rope = (torch.cat([s.cos for s in streams], dim=1), torch.cat([s.sin for s in streams], dim=1))
         history_len = x.shape[1] - current_len
+        seq_sizes, current_sizes = None, None
+        if self.sp_group is not None:  # Ulysses: this rank keeps a contiguous run of the tokens
+            x, rope, history_len, seq_sizes, current_sizes = self._split_sequence(x, rope, history_len)
 
         # 5. Timestep conditioning: current tokens get `timestep`, history tokens timestep 0
         context = self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype)).contiguous()
@@ -448,10 +477,12 @@ class HeliosTransformer(nn.Module):
 
         # 6. Transformer blocks
         for block in self.blocks:
-            x = block(x, context, time_rows, rope, history_len, mod_history_len)
+            x = block(x, context, time_rows, rope, history_len, mod_history_len, seq_sizes)
 
         # 7. Output norm & projection on the current tokens
         x = self.proj_out(self.norm_out(x[:, history_len:], temb))
+        if current_sizes is not None:
+            x = gather_uneven(x, self.sp_group, current_sizes, dim=1)
 
         # 8. Unpatchify
         x = x.reshape(batch, frames, height, width, p_t, p_h, p_w, -1)
@@ -459,6 +490,23 @@ class HeliosTransformer(nn.Module):
         if return_dict is None:
             return out
         return HeliosTransformerOutput(sample=out) if return_dict else (out,)
+
+    def _split_sequence(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], history_len: int
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int, list[int], list[int]]:
+        """This rank's slice of the tokens (history first, then current), its local history
+        length, every rank's token count and every rank's count of current tokens."""
+        sp = self.sp_group
+        total = x.shape[1]
+        if total < sp.world_size:
+            raise ValueError(f"hidden_states: {total} tokens cannot be split over sp_size={sp.world_size}")
+        sizes = split_sizes(total, sp.world_size)
+        starts = [sum(sizes[:r]) for r in range(sp.world_size)]
+        local_history = [min(max(history_len - s, 0), n) for s, n in zip(starts, sizes)]
+        current = [n - h for n, h in zip(sizes, local_history)]
+        start, size = starts[tp_rank(sp)], sizes[tp_rank(sp)]
+        rope = (rope[0][:, start : start + size], rope[1][:, start : start + size])
+        return x[:, start : start + size], rope, local_history[tp_rank(sp)], sizes, current
 
     def _stream(self, tokens: torch.Tensor, indices: torch.Tensor, height: int, width: int, pool: int) -> _Stream:
         cos, sin = self.rope.grid(indices, height, width, tokens.device, pool=pool)

@@ -54,3 +54,44 @@ def barrier(tp: TPGroup | None) -> None:
     if tp_size(tp) == 1:
         return
     _dscomm(tp).barrier(group=tp.group)
+
+
+def split_sizes(total: int, world_size: int) -> list[int]:
+    """Near-equal contiguous split of `total` tokens over the ranks (the first ones get one more)."""
+    base, extra = divmod(total, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def seq_to_heads(x: torch.Tensor, sp: TPGroup, sizes: list[int]) -> torch.Tensor:
+    """Ulysses all-to-all: (B, my tokens, H, D) -> (B, all tokens, my H/N heads, D).
+    `sizes` are every rank's token counts (uneven allowed)."""
+    batch, local, heads, dim = x.shape
+    n = sp.world_size
+    send = x.view(batch, local, n, heads // n, dim).permute(2, 1, 0, 3, 4).reshape(n * local, batch, heads // n, dim)
+    recv = torch.empty(sum(sizes), batch, heads // n, dim, dtype=x.dtype, device=x.device)
+    _dscomm(sp).all_to_all_single(
+        recv, send.contiguous(), output_split_sizes=sizes, input_split_sizes=[local] * n, group=sp.group
+    )
+    return recv.permute(1, 0, 2, 3)
+
+
+def heads_to_seq(y: torch.Tensor, sp: TPGroup, sizes: list[int]) -> torch.Tensor:
+    """Inverse of seq_to_heads: (B, all tokens, my H/N heads, D) -> (B, my tokens, H, D)."""
+    batch, _, heads_local, dim = y.shape
+    n = sp.world_size
+    local = sizes[sp.rank]
+    send = y.permute(1, 0, 2, 3).contiguous()
+    recv = torch.empty(n * local, batch, heads_local, dim, dtype=y.dtype, device=y.device)
+    _dscomm(sp).all_to_all_single(recv, send, output_split_sizes=[local] * n, input_split_sizes=sizes, group=sp.group)
+    out = recv.view(n, local, batch, heads_local, dim).permute(2, 1, 0, 3, 4)
+    return out.reshape(batch, local, n * heads_local, dim)
+
+
+def gather_uneven(x: torch.Tensor, sp: TPGroup, sizes: list[int], dim: int = 1) -> torch.Tensor:
+    """All-gather pieces of different lengths `sizes` along `dim` (padded to the longest, trimmed)."""
+    longest = max(sizes)
+    pad = [0, 0] * (x.ndim - 1 - (dim % x.ndim)) + [0, longest - x.shape[dim]]
+    padded = torch.nn.functional.pad(x, pad).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(sp.world_size)]
+    _dscomm(sp).all_gather(parts, padded, group=sp.group)
+    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim)

@@ -118,9 +118,11 @@ def load_transformer(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     return_report: bool = False,
+    sp_group: TPGroup | None = None,
 ) -> HeliosTransformer | tuple[HeliosTransformer, LoadReport]:
     """Load a diffusers-format transformer folder (or a pipeline folder's `transformer/`) as this
-    rank's shard. dtype defaults to float32 (diffusers' default), device to CPU."""
+    rank's shard. dtype defaults to float32 (diffusers' default), device to CPU. With `sp_group`
+    (Ulysses sequence parallelism) the weights are replicated and the tokens split instead."""
     folder = resolve_transformer_dir(path)
     config = HeliosConfig.from_pretrained(folder)
     config.check_tp_size(tp_size(tp_group))
@@ -129,7 +131,7 @@ def load_transformer(
     index = CheckpointIndex(folder)
 
     with torch.device("meta"):
-        model = HeliosTransformer(config, tp_group=tp_group)
+        model = HeliosTransformer(config, tp_group=tp_group, sp_group=sp_group)
     model.cast_(dtype)
     materialize_(model, device)
     report = load_weights(model, index.slices())

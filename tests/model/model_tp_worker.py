@@ -40,9 +40,15 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
     # every rank creates every subgroup, in the same order (torch.distributed rule)
     pairs = [tdist.new_group(list(range(start, start + 2))) for start in range(0, world_size, 2)]
     tp_pair = TPGroup.from_process_group(pairs[rank // 2])
-    runs = {"tp4_fp32": (tp_world, torch.float32), "tp2_fp32": (tp_pair, torch.float32), "tp2_bf16": (tp_pair, torch.bfloat16)}
-    for tag, (group, dtype) in runs.items():
-        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=group, dtype=dtype)
+    runs = {
+        "tp4_fp32": (tp_world, None, torch.float32),
+        "tp2_fp32": (tp_pair, None, torch.float32),
+        "tp2_bf16": (tp_pair, None, torch.bfloat16),
+        "sp4_fp32": (None, tp_world, torch.float32),
+        "sp2_fp32": (None, tp_pair, torch.float32),
+    }
+    for tag, (group, sp_group, dtype) in runs.items():
+        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=group, sp_group=sp_group, dtype=dtype)
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad():
             result = model(**cast)

@@ -75,3 +75,25 @@ def test_collective_without_process_group_is_a_clear_error():
         pytest.skip("deepspeed.comm initialised by another test in this process")
     with pytest.raises(RuntimeError, match=r"TPGroup\(rank=0, world_size=2\) has no process group"):
         reduce_from_tp_region(torch.ones(2), TPGroup(0, 2))
+
+
+def test_sequence_parallel_argument_checks():
+    from helios.config import HeliosConfig
+    from helios.model import HeliosTransformer
+
+    cfg = HeliosConfig.tiny(num_attention_heads=4)
+    with pytest.raises(ValueError, match="combining tensor and sequence parallelism is not supported"):
+        HeliosTransformer(cfg, tp_group=TPGroup(0, 2), sp_group=TPGroup(0, 2))
+    with pytest.raises(ValueError, match="sp_size=3 does not divide num_attention_heads=4"):
+        HeliosTransformer(cfg, sp_group=TPGroup(0, 3))
+    with torch.device("meta"):
+        model = HeliosTransformer(cfg, sp_group=TPGroup(1, 4))
+    assert model.blocks[0].attn1.heads_per_rank == 4  # weights stay whole under SP
+    assert model.blocks[0].attn1.sp is not None and model.blocks[0].attn2.sp is None
+
+
+def test_split_sizes_cover_the_sequence():
+    from helios.parallel.comm import split_sizes
+
+    assert split_sizes(11040, 8) == [1380] * 8
+    assert split_sizes(10, 4) == [3, 3, 2, 2]

@@ -54,6 +54,15 @@ def test_tp_matches_diffusers_fp32(tp_run, reference, size):
         assert (got - expected).abs().max().item() <= FP32_TOL, f"TP={size} rank {rank}"
 
 
+@pytest.mark.parametrize("size", [2, 4])
+def test_ulysses_sequence_parallel_matches_diffusers_fp32(tp_run, reference, size):
+    # 208 tokens (160 history): at SP=2 rank 0 holds only history, at SP=4 one rank holds both
+    expected = reference(torch.float32)
+    for rank in range(WORLD):
+        got = torch.load(tp_run / f"sp{size}_fp32_rank{rank}.pt")
+        assert (got - expected).abs().max().item() <= FP32_TOL, f"SP={size} rank {rank}"
+
+
 def test_tp2_bf16_close_to_tp1_bf16(tp_run, tp_ckpt):
     # diffusers itself cannot be the bf16 oracle here: with is_amplify_history its float32 key
     # scale promotes the keys and SDPA rejects the mixed dtypes. Our TP=1 bf16 path matches
