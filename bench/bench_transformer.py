@@ -1,7 +1,8 @@
 """Transformer forward benchmark; prints one JSON line per measurement.
 
 CPU (default): the tiny model at the test geometry (9 latent frames of 16x16 + full history),
-forward time at TP=1 vs TP=2 (two gloo processes, the CPU threads split between ranks).
+forward time at TP=1 vs TP=2 and Ulysses SP=2 (two gloo processes, the CPU threads split
+between ranks).
 
     python bench/bench_transformer.py
     python bench/bench_transformer.py --preset small --repeats 5
@@ -98,13 +99,18 @@ def time_forward(model, inputs: dict, repeats: int, warmup: int, sync=lambda: No
 # -- CPU: TP=1 vs TP=2 over gloo ---------------------------------------------------------------
 
 
-def _cpu_rank(rank: int, world: int, port: int, ckpt: str, threads: int, args: argparse.Namespace, out: str) -> None:
+def _cpu_rank(
+    rank: int, world: int, port: int, ckpt: str, threads: int, kind: str, args: argparse.Namespace, out: str
+) -> None:
     torch.set_num_threads(threads)
     from helios.model import HeliosTransformer
     from helios.parallel import init_tp_group
 
     tp = init_tp_group(rank, world, master_addr="127.0.0.1", master_port=port) if world > 1 else None
-    model = HeliosTransformer.from_pretrained(ckpt, tp_group=tp)
+    if kind == "sp":
+        model = HeliosTransformer.from_pretrained(ckpt, sp_group=tp)
+    else:
+        model = HeliosTransformer.from_pretrained(ckpt, tp_group=tp)
     inputs = make_inputs(model.config, args.frames, args.height, args.width, args.text_tokens, "cpu", torch.float32)
     times = time_forward(model, inputs, args.repeats, args.warmup)
     if rank == 0:
@@ -141,41 +147,43 @@ def bench_cpu(args: argparse.Namespace) -> None:
     config = PRESETS[args.preset]()
     tokens, history = token_count(args.frames, args.height, args.width)
     flops = forward_flops(config, tokens, history_tokens=history, text_tokens=args.text_tokens).flops_per_forward
-    runs = [(world, max(1, args.threads // world)) for world in args.tp_sizes]
+    runs = [(world, max(1, args.threads // world), "tp") for world in args.tp_sizes]
     if args.threads > 1 and 1 in args.tp_sizes:
-        runs.insert(1, (1, 1))
-    medians: dict[tuple[int, int], float] = {}
+        runs.insert(1, (1, 1, "tp"))
+    runs += [(world, max(1, args.threads // world), "sp") for world in args.tp_sizes if world > 1]
+    medians: dict[tuple[int, int, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_tiny_transformer(Path(tmp) / "ckpt", config)
-        for world, threads in runs:
-            out = Path(tmp) / f"tp{world}_{threads}.json"
+        for world, threads, kind in runs:
+            out = Path(tmp) / f"{kind}{world}_{threads}.json"
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            mp.spawn(_cpu_rank, args=(world, port, str(ckpt), threads, args, str(out)), nprocs=world)
+            mp.spawn(_cpu_rank, args=(world, port, str(ckpt), threads, kind, args, str(out)), nprocs=world)
             times = json.loads(out.read_text())
-            medians[(world, threads)] = statistics.median(times)
+            medians[(world, threads, kind)] = statistics.median(times)
             print(json.dumps({
-                "bench": "transformer_forward", "device": "cpu", "preset": args.preset, "tp": world,
+                "bench": "transformer_forward", "device": "cpu", "preset": args.preset,
+                "parallel": kind, "tp" if kind == "tp" else "sp": world,
                 "threads_per_rank": threads, "tokens": tokens,
-                "median_s": round(medians[(world, threads)], 5), "min_s": round(min(times), 5),
+                "median_s": round(medians[(world, threads, kind)], 5), "min_s": round(min(times), 5),
                 "repeats": len(times), "gflops_per_forward": round(flops / 1e9, 3),
             }), flush=True)
         if not args.no_reference and 1 in args.tp_sizes:
             ref = _time_diffusers(ckpt, config, 1, args)
-            _ratio("diffusers_over_ours_tp1_1thread", ref / medians[(1, 1)],
+            _ratio("diffusers_over_ours_tp1_1thread", ref / medians[(1, 1, "tp")],
                    "diffusers HeliosTransformer3DModel time over ours, both TP=1 single-threaded (>1: ours faster)",
                    diffusers_median_s=round(ref, 5))
-    base_world, base_threads = runs[0]
-    for world, threads in runs[1:]:
-        if world == base_world:
+    base = runs[0]
+    for world, threads, kind in runs[1:]:
+        if world == base[0]:
             continue
-        _ratio(f"tp{base_world}x{base_threads}thr_over_tp{world}x{threads}thr",
-               medians[(base_world, base_threads)] / medians[(world, threads)],
-               "speed-up of TP over TP=1 with the same total threads (>1 means faster)")
-        if (1, 1) in medians and (1, 1) != runs[0]:
-            _ratio(f"tp1x1thr_over_tp{world}x{threads}thr", medians[(1, 1)] / medians[(world, threads)],
-                   "speed-up of TP ranks over one single-threaded process (>1 means faster)")
+        _ratio(f"tp{base[0]}x{base[1]}thr_over_{kind}{world}x{threads}thr",
+               medians[base] / medians[(world, threads, kind)],
+               f"speed-up of {kind.upper()} over TP=1 with the same total threads (>1 means faster)")
+        if (1, 1, "tp") in medians and (1, 1, "tp") != base:
+            _ratio(f"tp1x1thr_over_{kind}{world}x{threads}thr", medians[(1, 1, "tp")] / medians[(world, threads, kind)],
+                   f"speed-up of {kind.upper()} ranks over one single-threaded process (>1 means faster)")
 
 
 # -- GPU: 14B TP=1 and one rank's share of TP=N ------------------------------------------------
