@@ -49,6 +49,8 @@ class FlopReport:
     flops_per_forward: float
     flops_per_rank: float
     allreduce_payload_bytes: int
+    sp: int = 1
+    alltoall_payload_bytes: int = 0
 
 
 def count_params(config: HeliosConfig, tp: int = 1, dtype: torch.dtype = torch.bfloat16) -> ParamReport:
@@ -79,8 +81,10 @@ def forward_flops(
     text_tokens: int = TEXT_TOKENS,
     tp: int = 1,
     dtype: torch.dtype = torch.bfloat16,
+    sp: int = 1,
 ) -> FlopReport:
-    """FLOPs of one forward over `tokens` (current + history) tokens attending to `text_tokens`."""
+    """FLOPs of one forward over `tokens` (current + history) tokens attending to `text_tokens`,
+    per rank under tensor parallelism `tp` or Ulysses sequence parallelism `sp` (not both)."""
     if tokens <= 0:
         raise ValueError(f"tokens={tokens} must be positive")
     if history_tokens is None:
@@ -88,6 +92,10 @@ def forward_flops(
     if not 0 <= history_tokens < tokens:
         raise ValueError(f"history_tokens={history_tokens} must be in [0, tokens={tokens})")
     config.check_tp_size(tp)
+    if sp < 1 or config.num_attention_heads % sp:
+        raise ValueError(f"sp={sp} must be >= 1 and divide num_attention_heads={config.num_attention_heads}")
+    if sp > 1 and tp > 1:
+        raise ValueError(f"tp={tp} and sp={sp}: combining tensor and sequence parallelism is not supported")
     d, f, n = config.inner_dim, config.ffn_dim, tokens
     cur = n - history_tokens
     cross = cur if config.guidance_cross_attn else n  # tokens that attend to the text
@@ -106,18 +114,26 @@ def forward_flops(
     element = torch.empty((), dtype=dtype).element_size()
     # payload per block: all-reduce after attn1 out (all tokens), attn2 out (current), FFN down (all tokens)
     allreduce = 0 if tp == 1 else config.num_layers * (2 * n + cross) * d * element
+    # Ulysses: q, k, v to heads and the output back, (sp-1)/sp of a rank's tokens leave it each time
+    alltoall = 0 if sp == 1 else config.num_layers * 4 * -(-n // sp) * d * element * (sp - 1) // sp
+    text_kv = config.num_layers * 2 * text_tokens * d * 2 * d  # every SP rank projects the whole text
+    per_rank = sharded / tp + replicated if sp == 1 else (sharded - text_kv) / sp + text_kv + replicated
     return FlopReport(
         tokens=n,
         current_tokens=cur,
         history_tokens=history_tokens,
         text_tokens=text_tokens,
         flops_per_forward=float(sharded + replicated),
-        flops_per_rank=float(sharded / tp + replicated),
+        flops_per_rank=float(per_rank),
         allreduce_payload_bytes=allreduce,
+        sp=sp,
+        alltoall_payload_bytes=alltoall,
     )
 
 
-def report(preset: str, tp: int, dtype: str, tokens: int, history_tokens: int | None, text_tokens: int) -> dict:
+def report(
+    preset: str, tp: int, dtype: str, tokens: int, history_tokens: int | None, text_tokens: int, sp: int = 1
+) -> dict:
     """Both reports as one JSON-ready dict."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} must be one of {sorted(PRESETS)}")
@@ -126,7 +142,7 @@ def report(preset: str, tp: int, dtype: str, tokens: int, history_tokens: int | 
     config = PRESETS[preset]()
     params = count_params(config, tp, DTYPES[dtype])
     flops = forward_flops(
-        config, tokens, history_tokens=history_tokens, text_tokens=text_tokens, tp=tp, dtype=DTYPES[dtype]
+        config, tokens, history_tokens=history_tokens, text_tokens=text_tokens, tp=tp, dtype=DTYPES[dtype], sp=sp
     )
     out = {"preset": preset, **asdict(params), **asdict(flops)}
     out["gib_per_rank"] = round(params.bytes_per_rank / 2**30, 3)
@@ -139,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="14b", choices=sorted(PRESETS))
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    parser.add_argument("--sp", type=int, default=1, help="Ulysses sequence-parallel size (weights replicated)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--tokens", type=int, default=11040, help="current + history tokens per forward")
     parser.add_argument("--history-tokens", type=int, default=None, help=f"default {FULL_RES_HISTORY_TOKENS}")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
     args = parser.parse_args(argv)
     try:
-        out = report(args.preset, args.tp, args.dtype, args.tokens, args.history_tokens, args.text_tokens)
+        out = report(args.preset, args.tp, args.dtype, args.tokens, args.history_tokens, args.text_tokens, args.sp)
     except ValueError as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
         return 2

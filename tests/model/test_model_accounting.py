@@ -48,3 +48,17 @@ def test_cli_json(capsys):
 def test_cli_bad_tp(capsys):
     assert main(["--preset", "14b", "--tp", "3"]) == 2
     assert "tp_size=3 does not divide num_attention_heads=40" in capsys.readouterr().err
+
+
+def test_ulysses_sp_accounting():
+    cfg = HeliosConfig.helios_14b()
+    full = forward_flops(cfg, 11040)
+    sp8 = forward_flops(cfg, 11040, sp=8)
+    assert full.flops_per_forward == sp8.flops_per_forward
+    assert full.flops_per_forward / 8 < sp8.flops_per_rank < full.flops_per_forward / 7.5
+    # per block: q, k, v and the output, 1380 tokens x 5120 bf16 each, 7/8 of it leaves the rank
+    assert sp8.alltoall_payload_bytes == 40 * 4 * 1380 * 5120 * 2 * 7 // 8
+    with pytest.raises(ValueError, match="combining tensor and sequence parallelism"):
+        forward_flops(cfg, 11040, tp=2, sp=2)
+    with pytest.raises(ValueError, match="sp=3 must be >= 1 and divide num_attention_heads=40"):
+        forward_flops(cfg, 11040, sp=3)
