@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import numpy as np
@@ -164,3 +165,43 @@ def test_async_client_commands_frames_and_image(helios_server):
     assert frames == 33
     assert image_set["width"] > 0 and image_set["height"] > 0
     assert state["current_prompt"] == "async fox"
+
+
+def test_a_queued_session_reports_its_position_and_starts_when_a_slot_frees(client, helios_server):
+    """The test app has 2 test-pattern slots and a queue of 1: the third session waits its turn."""
+    holders = [client.create_session("test-pattern", retry_busy_s=BUSY_S) for _ in range(2)]
+    queued_at: list[int | None] = []
+    in_queue = threading.Event()
+    result: dict = {}
+    other = HeliosClient(helios_server.url, helios_server.api_key)  # one client per thread
+
+    def create_third() -> None:
+        def on_queue(position: int | None) -> None:
+            queued_at.append(position)
+            in_queue.set()
+
+        try:
+            result["session"] = other.create_session("test-pattern", on_queue=on_queue, timeout=90)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+        in_queue.set()
+
+    third = threading.Thread(target=create_third)
+    third.start()
+    try:
+        assert in_queue.wait(60)
+        assert "error" not in result, result
+        holders.pop(0).delete()  # frees a slot: the queued session is admitted
+        third.join(120)
+        assert "error" not in result, result
+        session = result["session"]
+        assert queued_at and queued_at[0] == 1
+        assert session.info.status == "active"
+        assert session.set_prompt("my turn").ok
+        assert session.get_state()["scheduled_prompts"] == {"0": "my turn"}
+        holders.append(session)
+    finally:
+        third.join(120)
+        for s in holders:
+            s.delete()
+        other.close()
