@@ -46,7 +46,8 @@ def test_timeline_switches_prompts_at_the_scheduled_chunks(helios_server, tmp_pa
         "  2: {prompt: a storm rolls in}\n"
         "  3: {prompt: lightning over the waves, image: green.png, transition: blend}\n"
     )
-    rc = cli.main(["play", *_conn(helios_server), *BUSY, str(timeline)])
+    recording = tmp_path / "timeline.mp4"
+    rc = cli.main(["play", *_conn(helios_server), *BUSY, str(timeline), "-o", str(recording)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     events = [json.loads(line)["data"] for line in captured.out.splitlines() if line.startswith("{")]
@@ -62,6 +63,8 @@ def test_timeline_switches_prompts_at_the_scheduled_chunks(helios_server, tmp_pa
     assert switched_at[-2:] == [(2, "a storm rolls in"), (3, "lightning over the waves")]
     assert any(e["event"] == "image_set" for e in events)
     assert "chunk 2: switched to 'a storm rolls in'" in captured.err
+    with av.open(str(recording)) as container:  # -o recorded the played chunks alongside
+        assert sum(1 for _ in container.decode(video=0)) == 5 * 33
 
 
 def test_session_subcommands(helios_server, capsys, monkeypatch):
