@@ -77,8 +77,8 @@ def count_parameters(cfg: dict[str, Any], tp: int = 1) -> dict[str, int]:
             "total": replicated + sharded}
 
 
-def tp_plan(cfg: dict[str, Any], tp: int, dtype: str = "bf16") -> dict[str, Any]:
-    """The TP split and memory per rank of `cfg` over `tp` ranks."""
+def tp_plan(cfg: dict[str, Any], tp: int, dtype: str = "bf16", params: dict[str, int] | None = None) -> dict[str, Any]:
+    """The TP split and memory per rank of `cfg` over `tp` ranks (`params`: exact counts, if known)."""
     heads = cfg["num_attention_heads"]
     if tp < 1 or heads % tp or cfg["ffn_dim"] % tp:
         valid = [n for n in range(1, heads + 1) if heads % n == 0 and cfg["ffn_dim"] % n == 0]
@@ -87,7 +87,8 @@ def tp_plan(cfg: dict[str, Any], tp: int, dtype: str = "bf16") -> dict[str, Any]
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype: expected one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
     nbytes = DTYPE_BYTES[dtype]
-    params = _accounting_params(cfg, tp) or count_parameters(cfg, tp)
+    source = "helios.accounting" if params else "built-in count"
+    params = params or count_parameters(cfg, tp)
     d = heads * cfg["attention_head_dim"]
     pt, ph, pw = cfg["patch_size"]
     lat_t, lat_h, lat_w = 9, cfg["height"] // 8, cfg["width"] // 8
@@ -106,6 +107,7 @@ def tp_plan(cfg: dict[str, Any], tp: int, dtype: str = "bf16") -> dict[str, Any]
     return {
         "tp": tp,
         "dtype": dtype,
+        "params_source": source,
         "heads_per_rank": heads // tp,
         "ffn_per_rank": cfg["ffn_dim"] // tp,
         "params_total": params["total"],
@@ -120,21 +122,24 @@ def tp_plan(cfg: dict[str, Any], tp: int, dtype: str = "bf16") -> dict[str, Any]
     }
 
 
-def _accounting_params(cfg: dict[str, Any], tp: int) -> dict[str, int] | None:
-    """Exact counts from the model area's helios.accounting, if it offers them."""
+def accounting_params(preset: str, tp: int, dtype: str = "bf16") -> dict[str, int] | None:
+    """Exact per-rank counts from the model area's `helios.accounting` (None when unavailable)."""
     try:
-        from helios import accounting  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - optional
+        import torch
+
+        from helios.accounting import count_params
+        from helios.config import HeliosConfig
+
+        name = preset.lower().replace("-", "").replace("_", "")
+        config = HeliosConfig.tiny() if name in ("tiny", "heliostiny") else HeliosConfig.helios_14b()
+        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        report = count_params(config, tp, torch_dtype)
+    except Exception as exc:  # noqa: BLE001 - optional: fall back to our own count
+        log.debug("helios.accounting unavailable (%s); using the built-in count", exc)
         return None
-    fn = getattr(accounting, "parameter_counts", None)
-    if fn is None:
-        return None
-    try:
-        out = fn(cfg, tp=tp)
-        return {k: int(out[k]) for k in ("replicated", "sharded", "per_rank", "total")}
-    except Exception as exc:  # noqa: BLE001 - fall back to our own count
-        log.debug("helios.accounting.parameter_counts failed (%s); using the built-in count", exc)
-        return None
+    sharded = (report.params_per_rank - report.params_replicated) * tp
+    return {"replicated": report.params_replicated, "sharded": sharded,
+            "per_rank": report.params_per_rank, "total": report.params_total}
 
 
 def device_info() -> dict[str, Any]:
@@ -164,7 +169,8 @@ def device_info() -> dict[str, Any]:
 def check(preset: str, tp: int, dtype: str = "bf16") -> dict[str, Any]:
     """Device + plan + a verdict on whether each rank fits its GPU."""
     cfg = preset_config(preset)
-    plan = tp_plan(cfg, tp, dtype)
+    tp_plan(cfg, tp, dtype)  # validates tp and dtype before the (slower) exact count
+    plan = tp_plan(cfg, tp, dtype, accounting_params(preset, tp, dtype))
     dev = device_info()
     verdict = "no GPU here: plan only (CPU serves the tiny preset)"
     gpus = dev.get("gpus") or []

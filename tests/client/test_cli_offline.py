@@ -27,6 +27,18 @@ def test_check_counts_match_the_diffusers_reference_model():
     assert count_parameters(preset_config("14b"))["total"] == 14_312_427_584
 
 
+def test_builtin_count_agrees_with_the_model_areas_accounting():
+    from helios.client.check import accounting_params
+
+    for tp in (1, 4):
+        exact = accounting_params("14b", tp)
+        if exact is None:
+            pytest.skip("helios.accounting not available")
+        ours = count_parameters(preset_config("14b"), tp)
+        assert {k: exact[k] for k in ("total", "per_rank", "replicated")} == \
+            {k: ours[k] for k in ("total", "per_rank", "replicated")}
+
+
 def test_tp_plan_shards_and_rejects_bad_sizes():
     cfg = preset_config("14b")
     p1, p4 = tp_plan(cfg, 1), tp_plan(cfg, 4)
