@@ -87,5 +87,5 @@ def test_tp2_matches_diffusers(tiny_pipeline_dir, reference_pipe, tmp_path):
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     for result in results:
         assert result["tp_size"] == 2
-        assert_matches(result["latents"], result["frames"], ref_latents, ref_frames)
-    assert np.array_equal(results[0]["frames"], results[1]["frames"])  # SPMD: every rank returns the same frames
+        assert_matches(result["latents"], result["frames"].numpy(), ref_latents, ref_frames)
+    assert torch.equal(results[0]["frames"], results[1]["frames"])  # SPMD: every rank returns the same frames

@@ -33,7 +33,7 @@ def main(rank: int, world: int, port: int, folder: str, out_dir: str) -> None:
         result = pipe.next_chunk()
         latents.append(pipe.last_latents.float())
         frames.append(result.frames)
-    torch.save({"tp_size": group.world_size, "latents": torch.cat(latents, dim=2), "frames": np.concatenate(frames)},
+    torch.save({"tp_size": group.world_size, "latents": torch.cat(latents, dim=2), "frames": torch.from_numpy(np.concatenate(frames))},
                Path(out_dir) / f"rank{rank}.pt")
     tdist.barrier()
     tdist.destroy_process_group()
