@@ -80,6 +80,7 @@ class SessionRegistry:
         self._started = False
         self._shutting_down = False
         self._tasks: set[asyncio.Future] = set()
+        self._path_lock = asyncio.Lock()
 
     # ---- background --------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -124,8 +125,9 @@ class SessionRegistry:
         try:
             while not self._shutting_down:
                 try:
-                    if pool.model_path is None:
-                        pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
+                    async with self._path_lock:  # one writer of a preset checkpoint, however many groups build
+                        if pool.model_path is None:
+                            pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
                     group = await create_shard_group(
                         f"{self.config.app_name}-{model}-{uuid.uuid4().hex[:8]}",
                         pool.model_path,
