@@ -14,14 +14,16 @@ import httpx
 from helios.client import wire
 from helios.client.errors import (
     HeliosCapacityError,
+    HeliosCommandError,
     HeliosConnectionError,
+    HeliosHTTPError,
     HeliosError,
     HeliosNotFoundError,
     HeliosSessionEnded,
     HeliosTimeout,
 )
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
-from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES
+from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES, STARTING_S
 from helios.client.types import Ack, Chunk, Message, SessionInfo
 from helios.client.video import Mp4Writer
 
@@ -155,17 +157,39 @@ class AsyncHeliosSession:
     async def wait_active(self, *, on_queue: wire.QueueCallback | None = None, timeout: float | None = None,
                           poll_s: float = 1.0) -> SessionInfo:
         deadline = None if timeout is None else time.monotonic() + timeout
+        polled = False
+        active_since: float | None = None
         while True:
             if self.info.status == "active":
-                return self.info
+                # Just admitted from the queue, the session actor may still be starting: probe it.
+                active_since = active_since or time.monotonic()
+                if not polled or await self._answers() or time.monotonic() - active_since > STARTING_S:
+                    return self.info
+                await asyncio.sleep(0.2)  # actor start-up poll
+                await self.refresh()
+                continue
             if self.info.status == "ended":
                 raise HeliosSessionEnded(self.info.end_reason)
             if on_queue is not None:
                 on_queue(self.info.position)
             if deadline is not None and time.monotonic() + poll_s > deadline:
                 raise HeliosTimeout(f"session {self.id} still queued (position {self.info.position}) after {timeout}s")
-            await asyncio.sleep(min(max(poll_s, 0.1), MAX_POLL_S))  # polling interval
+            await asyncio.sleep(min(max(poll_s, 0.1), MAX_POLL_S))  # polling interval, not synchronisation
             await self.refresh()
+            polled = True
+
+    async def _answers(self) -> bool:
+        """Whether the session actor takes commands yet (not while it is still starting)."""
+        try:
+            await self.command("get_state")
+        except HeliosHTTPError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
+        except HeliosCommandError as exc:
+            # A starting actor refuses with "session has ended (None)"; anything else is an answer.
+            return not exc.message.startswith("session has ended")
+        return True
 
     async def delete(self) -> SessionInfo:
         self.info = await self.client.delete_session(self.id)

@@ -13,7 +13,9 @@ import httpx
 from helios.client import wire
 from helios.client.errors import (
     HeliosCapacityError,
+    HeliosCommandError,
     HeliosConnectionError,
+    HeliosHTTPError,
     HeliosError,
     HeliosNotFoundError,
     HeliosSessionEnded,
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_POLL_S = 5.0
 RECONNECT_TRIES = 5
+STARTING_S = 15.0
+"""Longest wait for a just-admitted session's actor to take commands."""
 
 
 class HeliosClient:
@@ -174,9 +178,17 @@ class HeliosSession:
                     poll_s: float = 1.0) -> SessionInfo:
         """Poll a queued session until it is active; raises HeliosSessionEnded / HeliosTimeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        polled = False
+        active_since: float | None = None
         while True:
             if self.info.status == "active":
-                return self.info
+                # Just admitted from the queue, the session actor may still be starting: probe it.
+                active_since = active_since or time.monotonic()
+                if not polled or self._answers() or time.monotonic() - active_since > STARTING_S:
+                    return self.info
+                time.sleep(0.2)  # actor start-up poll
+                self.refresh()
+                continue
             if self.info.status == "ended":
                 raise HeliosSessionEnded(self.info.end_reason)
             if on_queue is not None:
@@ -185,6 +197,20 @@ class HeliosSession:
                 raise HeliosTimeout(f"session {self.id} still queued (position {self.info.position}) after {timeout}s")
             time.sleep(min(max(poll_s, 0.1), MAX_POLL_S))  # polling interval, not synchronisation
             self.refresh()
+            polled = True
+
+    def _answers(self) -> bool:
+        """Whether the session actor takes commands yet (not while it is still starting)."""
+        try:
+            self.command("get_state")
+        except HeliosHTTPError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
+        except HeliosCommandError as exc:
+            # A starting actor refuses with "session has ended (None)"; anything else is an answer.
+            return not exc.message.startswith("session has ended")
+        return True
 
     def delete(self) -> SessionInfo:
         self.info = self.client.delete_session(self.id)
