@@ -144,6 +144,26 @@ def _sse(seq: int, message: dict) -> bytes:
     return f"id: {seq}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
 
 
+# Module helpers used by routes must be defined before the class: serve.ingress
+# captures the app while the class body runs.
+def _maybe_id(text: str) -> str | None:
+    try:
+        value = json.loads(text).get("id")
+        return value if isinstance(value, str) else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _relay_error(exc: Exception) -> HTTPException:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).splitlines()[-1] if str(cause) else type(cause).__name__
+    if isinstance(cause, KeyError) or "not found" in text.lower() or "no session" in text.lower():
+        return HTTPException(404, f"session_id: {text}")
+    if isinstance(cause, ValueError):
+        return HTTPException(422, text)
+    return HTTPException(503, f"stream: relay failed ({text})")
+
+
 @serve.deployment
 @serve.ingress(app)
 class FrontDoor:
@@ -524,20 +544,3 @@ class FrontDoor:
             raise HTTPException(404, f"path: no static file {path!r}")
         return FileResponse(target)
 
-
-def _maybe_id(text: str) -> str | None:
-    try:
-        value = json.loads(text).get("id")
-        return value if isinstance(value, str) else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _relay_error(exc: Exception) -> HTTPException:
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).splitlines()[-1] if str(cause) else type(cause).__name__
-    if isinstance(cause, KeyError) or "not found" in text.lower() or "no session" in text.lower():
-        return HTTPException(404, f"session_id: {text}")
-    if isinstance(cause, ValueError):
-        return HTTPException(422, text)
-    return HTTPException(503, f"stream: relay failed ({text})")

@@ -189,27 +189,35 @@ class SessionActor:
         self._notify()
 
     # ---- long polls -------------------------------------------------------------------
-    async def _wait(self, ready, timeout_s: float) -> None:
+    async def _wait(self, ready, timeout_s: float, *, viewer: bool = True) -> None:
+        """Long-poll until `ready()`. Only `viewer` polls (message streams) count as presence:
+        the relay's chunk feeds poll forever (the recording is one), so they announce real
+        viewers through `touch()` instead, or the idle timeout could never fire."""
+        if not viewer:
+            return await self._poll(ready, timeout_s)
         self.pollers += 1
         self.last_activity = time.monotonic()
         try:
-            deadline = time.monotonic() + max(0.0, min(float(timeout_s), 60.0))
-            while not ready() and not self.ended:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            await self._poll(ready, timeout_s)
         finally:
             self.pollers -= 1
             self.last_activity = time.monotonic()
 
+    async def _poll(self, ready, timeout_s: float) -> None:
+        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 60.0))
+        while not ready() and not self.ended:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+
     async def wait_chunks(self, after: int, timeout_s: float) -> dict:
         """Chunks with index > `after` still in the ring (long poll; returns early when any exist or the session ends)."""
         after = int(after)
-        await self._wait(lambda: bool(self.ring) and self.ring[-1]["chunk"] > after, timeout_s)
+        await self._wait(lambda: bool(self.ring) and self.ring[-1]["chunk"] > after, timeout_s, viewer=False)
         chunks = [dict(c) for c in self.ring if c["chunk"] > after]
         return {
             "chunks": chunks,
