@@ -94,6 +94,8 @@ class SessionActor:
         self._last_error: str | None = None
         self._final_done: asyncio.Future | None = None
         self._watch_task = None
+        self._ready = asyncio.Event()
+        """Set once start() has finished (successfully or not): commands wait for it."""
 
     # ---- start-up -------------------------------------------------------------------
     async def start(self) -> dict:
@@ -105,6 +107,8 @@ class SessionActor:
         except BaseException as exc:
             await self._finalize(f"error: could not start the model: {exc}", start_failed=True)
             raise
+        finally:
+            self._ready.set()
         self._watch_task = asyncio.ensure_future(self._watch())
         return {"session_id": self.session_id, "geometry": self._geometry()}
 
@@ -246,6 +250,12 @@ class SessionActor:
     async def command(self, cmd: dict, timeout_s: float = 30.0) -> dict:
         """Run one command (in arrival order) and return its ack data."""
         self.last_activity = time.monotonic()
+        if self.session is None and not self.ended:
+            # Admitted from the queue a moment ago: the model is still being built.
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                return {"id": cmd.get("id"), "ok": False, "error": "session: still starting, try again", "result": None}
         if self.ended or self.session is None:
             return {"id": cmd.get("id"), "ok": False, "error": f"session has ended ({self.end_reason})", "result": None}
 
