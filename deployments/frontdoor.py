@@ -299,6 +299,9 @@ class FrontDoor:
                 try:
                     info = await asyncio.wait_for(actor.info.remote(), timeout=10)
                     state = info.get("state") or {}
+                    if info.get("ended"):
+                        # The actor knows first; the registry hears of the end a moment later.
+                        rec = {**rec, "status": "ended", "end_reason": info.get("end_reason")}
                 except Exception:  # noqa: BLE001 - ended between the two calls
                     rec = await self._record(session_id) or rec
         return self._info(rec, state, owner)
