@@ -250,7 +250,7 @@ class AsyncHeliosSession:
                        timeout: float | None = None) -> AsyncIterator[Message]:
         """Async-iterate protocol messages until `session_ended`, resuming after drops."""
         parser = wire.SSEParser(self.last_seq if after is None else (None if after < 0 else after))
-        failures = 0
+        retry = wire.Reconnect(f"message stream of session {self.id}", RECONNECT_TRIES)
         while True:
             params, headers = wire.events_params(parser.last_seq, self._token)
             got_any = False
@@ -279,10 +279,8 @@ class AsyncHeliosSession:
                 log.info("message stream dropped (%s); resuming after seq %s", exc, parser.last_seq)
             if not reconnect:
                 return
-            failures = 0 if got_any else failures + 1
-            if failures >= RECONNECT_TRIES:
-                raise HeliosError(f"message stream of session {self.id} keeps closing; gave up after {failures} tries")
-            await asyncio.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+            delay = retry.next_delay(got_any)
+            await asyncio.sleep(delay)
 
     async def wait_for(self, predicate: Callable[[Message], bool], *, timeout: float = 60.0) -> Message:
         try:
@@ -301,7 +299,7 @@ class AsyncHeliosSession:
         """Async-iterate decoded frames (msgpack stream), reopening a dropped stream."""
         decoder = wire.FrameDecoder()
         start = from_chunk
-        failures = 0
+        retry = wire.Reconnect(f"frame stream of session {self.id}", RECONNECT_TRIES)
         while True:
             got_any = False
             try:
@@ -327,12 +325,10 @@ class AsyncHeliosSession:
                 log.info("frame stream dropped (%s); resuming at chunk %s", exc, decoder.last_chunk)
             if not reconnect:
                 return
-            failures = 0 if got_any else failures + 1
-            if failures >= RECONNECT_TRIES:
-                raise HeliosError(f"frame stream of session {self.id} keeps closing; gave up after {failures} tries")
+            delay = retry.next_delay(got_any)
             resumed = decoder.resume_from()
             start = resumed if resumed is not None else start
-            await asyncio.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+            await asyncio.sleep(delay)
 
     async def save_mp4(self, path: str | Path, *, chunks: int | None = None, from_chunk: int | None = 0,
                        on_chunk: Callable[[Chunk], None] | None = None, timeout: float | None = None,

@@ -283,7 +283,7 @@ class HeliosSession:
         `timeout` raises HeliosTimeout if no message arrives for that many seconds.
         """
         parser = wire.SSEParser(self.last_seq if after is None else (None if after < 0 else after))
-        failures = 0
+        retry = wire.Reconnect(f"message stream of session {self.id}", RECONNECT_TRIES)
         while True:
             params, headers = wire.events_params(parser.last_seq, self._token)
             got_any = False
@@ -300,7 +300,6 @@ class HeliosSession:
                         if msg is None:
                             continue
                         got_any = True
-                        failures = 0
                         self.last_seq = parser.last_seq
                         yield msg
                         if msg.event == "session_ended":
@@ -313,10 +312,8 @@ class HeliosSession:
                 log.info("message stream dropped (%s); resuming after seq %s", exc, parser.last_seq)
             if not reconnect:
                 return
-            failures = 0 if got_any else failures + 1
-            if failures >= RECONNECT_TRIES:
-                raise HeliosError(f"message stream of session {self.id} keeps closing; gave up after {failures} tries")
-            time.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+            delay = retry.next_delay(got_any)
+            time.sleep(delay)
 
     def wait_for(self, predicate: Callable[[Message], bool], *, timeout: float = 60.0) -> Message:
         """Read messages until `predicate(msg)` holds; raises HeliosTimeout / HeliosSessionEnded."""
@@ -340,7 +337,7 @@ class HeliosSession:
         """
         decoder = wire.FrameDecoder()
         start = from_chunk
-        failures = 0
+        retry = wire.Reconnect(f"frame stream of session {self.id}", RECONNECT_TRIES)
         while True:
             got_any = False
             try:
@@ -366,12 +363,10 @@ class HeliosSession:
                 log.info("frame stream dropped (%s); resuming at chunk %s", exc, decoder.last_chunk)
             if not reconnect:
                 return
-            failures = 0 if got_any else failures + 1
-            if failures >= RECONNECT_TRIES:
-                raise HeliosError(f"frame stream of session {self.id} keeps closing; gave up after {failures} tries")
+            delay = retry.next_delay(got_any)
             resumed = decoder.resume_from()
             start = resumed if resumed is not None else start
-            time.sleep(min(0.2 * 2**failures, 2.0))  # reconnect backoff
+            time.sleep(delay)
 
     def save_mp4(self, path: str | Path, *, chunks: int | None = None, from_chunk: int | None = 0,
                  on_chunk: Callable[[Chunk], None] | None = None, timeout: float | None = None,

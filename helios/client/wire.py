@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 
 from helios.client.errors import (
+    HeliosError,
     HeliosAuthError,
     HeliosCapacityError,
     HeliosCommandError,
@@ -326,3 +327,22 @@ def ends_chunk(chunk: Chunk, frames_per_chunk: int) -> bool:
     multiples of `frames_per_chunk` at chunk boundaries.
     """
     return (chunk.first_frame + chunk.num_frames) % frames_per_chunk == 0
+
+
+class Reconnect:
+    """Backoff between attempts to reopen a dropped stream (shared by the sync and async clients).
+
+    An attempt that delivered anything resets the count; `tries` empty attempts in a row give up.
+    """
+
+    def __init__(self, what: str, tries: int) -> None:
+        self.what = what
+        self.tries = tries
+        self.failures = 0
+
+    def next_delay(self, got_any: bool) -> float:
+        """Seconds to wait before the next attempt; raises HeliosError when it is time to give up."""
+        self.failures = 0 if got_any else self.failures + 1
+        if self.failures >= self.tries:
+            raise HeliosError(f"{self.what} keeps closing; gave up after {self.failures} tries")
+        return min(0.2 * 2**self.failures, 2.0)
