@@ -52,3 +52,18 @@ def ray_cluster():
     except Exception:  # noqa: BLE001 - best effort at teardown
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def helios_server(ray_cluster, tiny_pipeline_dir):
+    """URL and API key of the real Helios Serve app (test-pattern + helios-tiny), for client and browser tests."""
+    import importlib.util
+    import sys
+
+    name = "helios_tests_live_server"  # one module name, so the app is deployed once per session
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "client" / "live_server.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].live_server(tiny_pipeline_dir)

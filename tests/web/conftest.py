@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,23 +10,6 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _live_server_module():
-    """tests/client/live_server.py under the one module name tests/client uses too."""
-    name = "helios_tests_live_server"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "client" / "live_server.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def helios_server(ray_cluster, tiny_pipeline_dir):
-    return _live_server_module().live_server(tiny_pipeline_dir)
 
 
 @pytest.fixture(scope="session")
