@@ -9,12 +9,23 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
+# pip's own chatter goes to a log; it is shown only when an install fails.
+LOG=.venv/install.log
+pip_install() {
+  if ! python -m pip install -q "$@" >>"$LOG" 2>&1; then
+    tail -n 60 "$LOG" >&2
+    echo "pip install $* failed; full log: $LOG" >&2
+    return 1
+  fi
+}
+: >"$LOG"
+pip_install --upgrade pip
 # CPU torch first: a bare "torch" requirement would otherwise pull a multi-GB CUDA build.
-python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -c "import torch" 2>/dev/null || pip_install torch==2.13.0
 extra=${1:-}
 if [ -n "$extra" ]; then
-  python -m pip install -q -e ".[$extra]"
+  pip_install -e ".[$extra]"
 else
-  python -m pip install -q -e .
+  pip_install -e .
 fi
+echo "installed helios-serve into .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"
