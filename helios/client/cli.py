@@ -33,6 +33,16 @@ def _on_queue(position: int | None) -> None:
 
 
 # -- serve --------------------------------------------------------------------------------
+def _end_unless_kept(session: Any, args: argparse.Namespace) -> None:
+    """Delete the session a command created, unless --keep; a failed delete is only a warning."""
+    if args.keep:
+        return
+    try:
+        session.delete()
+    except HeliosError as exc:
+        log.warning("could not delete session %s: %s", session.id, exc)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Exec `serve run serve_config.yaml`, exactly what scripts/serve.sh runs."""
     config = Path(args.config)
@@ -81,11 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                        timeout=args.timeout, frames_per_chunk=args.frames_per_chunk)
             bar.close()
         finally:
-            if not args.keep:
-                try:
-                    session.delete()
-                except HeliosError as exc:
-                    log.warning("could not delete session %s: %s", session.id, exc)
+            _end_unless_kept(session, args)
     print(f"wrote {written} frames to {args.output}", file=sys.stderr)
     return 0
 
@@ -158,11 +164,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             if recorder:
                 recorder.join()
         finally:
-            if not args.keep:
-                try:
-                    session.delete()
-                except HeliosError as exc:
-                    log.warning("could not delete session %s: %s", session.id, exc)
+            _end_unless_kept(session, args)
     for chunk, prompt in report.switches:
         print(f"chunk {chunk}: switched to {prompt!r}", file=sys.stderr)
     return 1 if report.errors else 0
