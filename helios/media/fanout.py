@@ -19,7 +19,7 @@ import numpy as np
 
 from helios.media import framing, mjpeg
 from helios.media.formats import FORMATS, parse_format
-from helios.media.mp4 import FragmentedMp4Encoder, Mp4Chunk, Mp4Timeline
+from helios.media.mp4 import FragmentedMp4Encoder, Mp4Timeline
 from helios.media.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
@@ -324,6 +324,19 @@ class SessionFanout:
             entry.handed_out = True
             self.stats.record_latency(max(0.0, time.time() - entry.produced_at))
 
+    async def _encoded(self, viewer: Viewer, fmt: str) -> AsyncIterator[tuple[ChunkEntry, Any]]:
+        """Each chunk queued for `viewer` with its `fmt` encoding, until the session ends.
+
+        A chunk whose encode fails is logged and skipped: one bad chunk must not end a stream or the recording.
+        """
+        while (entry := await viewer.next()) is not None:
+            try:
+                payload = await entry.encoded(fmt, self.encoders)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("session %s chunk %d: %s encode failed, skipped: %s", self.session_id, entry.chunk, fmt, exc)
+                continue
+            yield entry, payload
+
     async def stream(self, viewer: Viewer) -> AsyncIterator[bytes]:
         """The bytes of `viewer`'s stream until the session ends (then the format's closing bytes)."""
         fmt = viewer.fmt
@@ -331,15 +344,7 @@ class SessionFanout:
         pacer: _Pacer | None = None
         sent_init = False
         try:
-            while True:
-                entry = await viewer.next()
-                if entry is None:
-                    break
-                try:
-                    payload = await entry.encoded(fmt, self.encoders)
-                except Exception as exc:  # noqa: BLE001 - one bad chunk must not end every viewer's stream
-                    logger.warning("session %s chunk %d: %s encode failed: %s", self.session_id, entry.chunk, fmt, exc)
-                    continue
+            async for entry, payload in self._encoded(viewer, fmt):
                 if fmt == "mp4":
                     assert timeline is not None
                     data = timeline.render(payload)
@@ -379,15 +384,7 @@ class SessionFanout:
 
     async def _record(self, viewer: Viewer, writer: RecordingWriter) -> None:
         try:
-            while True:
-                entry = await viewer.next()
-                if entry is None:
-                    break
-                try:
-                    chunk: Mp4Chunk = await entry.encoded("mp4", self.encoders)
-                except Exception as exc:  # noqa: BLE001 - a lost chunk is skipped, the recording goes on
-                    logger.warning("recording %s: chunk %d encode failed: %s", self.session_id, entry.chunk, exc)
-                    continue
+            async for _, chunk in self._encoded(viewer, "mp4"):
                 await asyncio.to_thread(writer.append, self.encoders.init_segment, chunk)
         finally:
             self.unsubscribe(viewer)
