@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helios.model_testpattern import TestPatternEngine, TestPatternModel  # noqa: E402
+from helios.models.testpattern import TestPatternEngine, TestPatternModel  # noqa: E402
 from helios.runtime import MemorySink, MonotonicClock, Session, VideoModel, get_ctx  # noqa: E402
 
 FPS, N = 24.0, 33

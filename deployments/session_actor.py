@@ -117,11 +117,11 @@ class SessionActor:
 
         seed = int(self.seed) if self.seed is not None else 0
         if self.spec.kind == "test-pattern":
-            from helios.model_testpattern import TestPatternModel
+            from helios.models.testpattern import TestPatternModel
 
             model = TestPatternModel(**self.spec.options, seed=seed)
         else:
-            from helios.model_helios import HeliosModel
+            from helios.models.helios import HeliosModel
 
             assert self.group is not None, "a helios session needs a shard group"
             self.engine = ShardGroupEngine(self.group)

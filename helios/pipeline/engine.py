@@ -1,7 +1,7 @@
 """The contract between a chunk generator and the session runtime.
 
 `HeliosStreamPipeline` implements it in-process; the Ray layer implements it with a
-proxy that drives every rank of a shard group. The runtime (`helios.model_helios`)
+proxy that drives every rank of a shard group. The runtime (`helios.models.helios`)
 only ever talks to this protocol, so the same session logic runs everywhere.
 """
 

@@ -34,7 +34,7 @@ def one_torch_thread():
 def protocol_engine(request):
     """Every protocol test runs on the drawn test pattern and on the real tiny Helios pipeline."""
     if request.param == "test-pattern":
-        from helios.model_testpattern import TestPatternEngine
+        from helios.models.testpattern import TestPatternEngine
 
         return TestPatternEngine(PROTOCOL_HW, PROTOCOL_HW)
     request.getfixturevalue("one_torch_thread")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field
 
-from helios.model_helios import HeliosModel
+from helios.models.helios import HeliosModel
 from helios.runtime import CommandError, VideoModel, command
 
 

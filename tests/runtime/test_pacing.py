@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helios.model_helios import HeliosModel
+from helios.models.helios import HeliosModel
 from helios.runtime import FakeClock, MemorySink, Session, VideoModel, get_ctx
 
 from .runtime_support import FastEngine, drive, run_out, GatedEngine, event, session_threads

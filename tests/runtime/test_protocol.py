@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helios.model_helios import HeliosModel
+from helios.models.helios import HeliosModel
 from helios.runtime import MemorySink, Session
 
 from .runtime_support import GatedEngine, Recorder, ack, event, failed, session_threads, state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helios.model_testpattern import TestPatternEngine, TestPatternModel
+from helios.models.testpattern import TestPatternEngine, TestPatternModel
 from helios.pipeline.engine import StreamEngine
 from helios.runtime import MemorySink, Session
 

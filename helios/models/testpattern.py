@@ -14,7 +14,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from helios.model_helios import HeliosModel
+from helios.models.helios import HeliosModel
 from helios.pipeline.engine import ChunkResult, Transition
 
 _BARS = np.array(
