@@ -11,6 +11,7 @@ from helios.runtime.context import SessionContext, get_ctx
 from helios.runtime.messages import ack_message, error_message, event_message, state_message
 from helios.runtime.model import VideoModel
 from helios.runtime.playback import Playback
+from helios.runtime.ratelimit import RateLimited, RateLimitSpec, TokenBucket
 from helios.runtime.session import Session
 from helios.runtime.sink import FrameBlock, MemorySink, SessionSink
 
@@ -23,9 +24,12 @@ __all__ = [
     "MemorySink",
     "MonotonicClock",
     "Playback",
+    "RateLimitSpec",
+    "RateLimited",
     "Session",
     "SessionContext",
     "SessionSink",
+    "TokenBucket",
     "VideoModel",
     "ack_message",
     "command",
