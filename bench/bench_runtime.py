@@ -61,7 +61,7 @@ def pacing(chunks: int) -> None:
     session = Session(Frames(chunks), sink, clock=clock).start()
     fps_seen = []
     while not session.wait_ended(0.5):
-        fps_seen.append(session._playback.effective_fps())
+        fps_seen.append(session.effective_fps())
     session.join(10)
     iv = np.diff(sink.release_times) * 1000.0
     period = 1000.0 / FPS
@@ -78,7 +78,7 @@ def slow(chunks: int) -> None:
     session = Session(Frames(chunks, gen_s=gen_s), sink, clock=clock).start()
     fps_seen = []
     while not session.wait_ended(0.25):
-        fps_seen.append(session._playback.effective_fps())
+        fps_seen.append(session.effective_fps())
     session.join(10)
     t = np.array(sink.release_times)
     iv = np.diff(t)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from helios.runtime.messages import error_message
-
-if TYPE_CHECKING:
-    from helios.runtime.session import Session
 
 _current: contextvars.ContextVar["SessionContext | None"] = contextvars.ContextVar("helios_session_ctx", default=None)
 
@@ -29,6 +26,35 @@ def bind_ctx(ctx: "SessionContext | None") -> contextvars.Token:
     return _current.set(ctx)
 
 
+class SessionHost(Protocol):
+    """What a `SessionContext` needs from the session it belongs to (`Session` implements it).
+
+    A protocol rather than the `Session` class so the context depends on an interface, not
+    on the session module (which builds contexts), and reads no private state.
+    """
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def fps(self) -> float: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def frames_released(self) -> int: ...
+
+    @property
+    def chunks_released(self) -> int: ...
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def emit(self, frames: np.ndarray, info: dict[str, Any]) -> None: ...
+
+    def effective_fps(self) -> float: ...
+
+
 class SessionContext:
     """What a model may do with its session.
 
@@ -37,7 +63,7 @@ class SessionContext:
     Never hold `lock` while generating or inside `emit_block`.
     """
 
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: SessionHost) -> None:
         self._session = session
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
@@ -53,17 +79,17 @@ class SessionContext:
 
     def should_stop(self) -> bool:
         """True once the session is stopping: the generation loop should return soon."""
-        return self._session._stop_event.is_set()
+        return self._session.stopping
 
     def send(self, message: dict[str, Any]) -> None:
         """Send a protocol message (`{"type": ..., "data": {...}}`) to the session's sink."""
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ValueError(f"message: expected a dict with a 'type' string, got {message!r:.80}")
-        self._session._send(message)
+        self._session.send(message)
 
     def send_error(self, message: str) -> None:
         """Send an `error` event."""
-        self._session._send(error_message(message))
+        self._session.send(error_message(message))
 
     def emit_block(self, frames: np.ndarray, **info: Any) -> None:
         """Hand generated frames (uint8 (N, H, W, 3)) to playback; blocks to keep pacing.
@@ -75,7 +101,7 @@ class SessionContext:
             raise ValueError(f"frames: expected a numpy array, got {type(frames).__name__}")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
             raise ValueError(f"frames: expected uint8 (N, H, W, 3) with N >= 1, got {frames.dtype} {frames.shape}")
-        self._session._emit(np.ascontiguousarray(frames), info)
+        self._session.emit(np.ascontiguousarray(frames), info)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until `predicate()` holds (re-checked after every command) or the session stops.
@@ -93,13 +119,13 @@ class SessionContext:
 
     def effective_fps(self) -> float:
         """Measured playback rate over the last seconds."""
-        return self._session._playback.effective_fps()
+        return self._session.effective_fps()
 
     @property
     def frames_released(self) -> int:
         """Frames handed to viewers so far (the playback position)."""
-        return self._session._playback.frames_released
+        return self._session.frames_released
 
     @property
     def chunks_released(self) -> int:
-        return self._session._playback.chunks_released
+        return self._session.chunks_released

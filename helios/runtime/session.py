@@ -139,12 +139,26 @@ class Session:
     def wait_ended(self, timeout: float | None = None) -> bool:
         return self._ended.wait(timeout)
 
+    # --- the SessionHost interface its SessionContext uses -----------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once the session was asked to stop (or its generation loop returned)."""
+        return self._stop_event.is_set()
+
     @property
     def frames_released(self) -> int:
         return self._playback.frames_released
 
-    # --- internals used by SessionContext ----------------------------------------------------
-    def _send(self, message: dict[str, Any]) -> None:
+    @property
+    def chunks_released(self) -> int:
+        return self._playback.chunks_released
+
+    def effective_fps(self) -> float:
+        """Measured playback rate over the last seconds."""
+        return self._playback.effective_fps()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Hand a protocol message to the sink (dropped after `session_ended`)."""
         with self._send_lock:
             if self._closed:
                 log.debug("session %s: dropping message after session_ended: %s", self.session_id, message)
@@ -154,7 +168,8 @@ class Session:
             except Exception:  # noqa: BLE001 - a broken sink must not kill the session threads
                 log.exception("session %s: sink.on_message failed", self.session_id)
 
-    def _emit(self, frames: np.ndarray, info: dict[str, Any]) -> None:
+    def emit(self, frames: np.ndarray, info: dict[str, Any]) -> None:
+        """Queue generated frames for paced playback (ignored once stopping)."""
         if self._stop_event.is_set():
             return
         info = dict(info)
@@ -163,9 +178,10 @@ class Session:
         self._emitted += 1
         self._playback.push(frames, info)
 
+    # --- internals ---------------------------------------------------------------------------
     def _release_failed(self, exc: BaseException) -> None:
         """The sink could not take frames: the stream is broken, end the session."""
-        self._send(error_message(f"frame delivery failed: {type(exc).__name__}: {exc}"))
+        self.send(error_message(f"frame delivery failed: {type(exc).__name__}: {exc}"))
         self.stop("error")
 
     def _deliver_frames(self, frames: np.ndarray, info: dict[str, Any]) -> None:
@@ -225,13 +241,13 @@ class Session:
             log.exception("session %s: command %r failed", self.session_id, name)
             return self._refuse(cmd_id, f"{name}: internal error ({type(exc).__name__}: {exc})")
         ack = ack_message(cmd_id, True, None, result)
-        self._send(ack)
+        self.send(ack)
         return ack["data"]
 
     def _refuse(self, cmd_id: Any, text: str) -> dict[str, Any]:
-        self._send(error_message(text))
+        self.send(error_message(text))
         ack = ack_message(cmd_id, False, text)
-        self._send(ack)
+        self.send(ack)
         return ack["data"]
 
     def _run_generation(self) -> None:
@@ -241,7 +257,7 @@ class Session:
             self.model.start_session()
         except Exception as exc:  # noqa: BLE001 - reported to the client, then the session ends
             log.exception("session %s: generation loop failed", self.session_id)
-            self._send(error_message(f"generation failed: {type(exc).__name__}: {exc}"))
+            self.send(error_message(f"generation failed: {type(exc).__name__}: {exc}"))
             reason = "error"
         else:
             if self._stop_event.is_set():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helios.runtime import FakeClock, MemorySink, Session, VideoModel, command, get_ctx
+from helios.runtime.context import SessionHost
 
 from .runtime_support import ack, drive, event, failed, session_threads
 
@@ -84,6 +85,18 @@ def test_commands_applied_in_arrival_order_with_acks(run_session):
     assert [a["result"] for a in acks] == list(range(1, 51))
     assert [m["data"]["id"] for m in sink.snapshot() if m["type"] == "ack"] == [f"c{i}" for i in range(50)]
     assert model.ctx_in_command is session.context
+
+
+def test_session_implements_the_host_interface_its_context_uses():
+    # SessionContext reads the session only through SessionHost; a member missing on Session
+    # would surface as an AttributeError deep inside a model's generation loop.
+    members = {name for name in vars(SessionHost) if not name.startswith("_")}
+    assert members >= {"send", "emit", "stopping", "effective_fps", "frames_released", "chunks_released"}
+    session = Session(Counter(), MemorySink())
+    assert sorted(name for name in members if not hasattr(session, name)) == []
+    assert session.stopping is False and session.frames_released == 0 and session.chunks_released == 0
+    session.stop()
+    assert session.stopping is True
 
 
 def test_get_ctx_outside_a_session_raises():
