@@ -103,14 +103,14 @@ def _cpu_rank(
     rank: int, world: int, port: int, ckpt: str, threads: int, kind: str, args: argparse.Namespace, out: str
 ) -> None:
     torch.set_num_threads(threads)
-    from helios.model import HeliosTransformer
     from helios.parallel import init_tp_group
+    from helios.weights import from_pretrained
 
     tp = init_tp_group(rank, world, master_addr="127.0.0.1", master_port=port) if world > 1 else None
     if kind == "sp":
-        model = HeliosTransformer.from_pretrained(ckpt, sp_group=tp)
+        model = from_pretrained(ckpt, sp_group=tp)
     else:
-        model = HeliosTransformer.from_pretrained(ckpt, tp_group=tp)
+        model = from_pretrained(ckpt, tp_group=tp)
     inputs = make_inputs(model.config, args.frames, args.height, args.width, args.text_tokens, "cpu", torch.float32)
     times = time_forward(model, inputs, args.repeats, args.warmup)
     if rank == 0:
@@ -207,7 +207,7 @@ def bench_share(args: argparse.Namespace) -> None:
     import helios.model.layers as layers
     from helios.model import HeliosTransformer
     from helios.parallel import TPGroup
-    from helios.weights.loader import materialize_
+    from helios.model.load import materialize_
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -273,12 +273,12 @@ def _load_rank(rank: int, world: int, ckpt: str, out: str) -> None:
     """Load one rank's shard (no process group needed to load) and record its memory."""
     torch.set_num_threads(1)
     from helios.parallel import TPGroup
-    from helios.weights.loader import load_transformer
+    from helios.weights import from_pretrained
 
     anon_before, peak_before = _proc_status_kib("RssAnon"), _proc_status_kib("VmHWM")
     start = time.perf_counter()
-    model, report = load_transformer(ckpt, tp_group=TPGroup(rank, world) if world > 1 else None,
-                                     dtype=torch.bfloat16, return_report=True)
+    model, report = from_pretrained(ckpt, tp_group=TPGroup(rank, world) if world > 1 else None,
+                                    dtype=torch.bfloat16, return_report=True)
     seconds = time.perf_counter() - start
     rank_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     Path(out).write_text(json.dumps({

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from helios.config import HeliosConfig
 from helios.model.inputs import check_forward_inputs
 from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowParallelLinear, set_weight_attrs
+from helios.model.load import load_weights
 from helios.model.rope import HeliosRotaryEmbedding, apply_rope, pad_replicate_3d
 from helios.parallel.comm import gather_uneven, heads_to_seq, seq_to_heads, split_sizes, tp_rank, tp_size
 from helios.parallel.group import TPGroup
@@ -299,7 +299,8 @@ class HeliosTransformer(nn.Module):
     """Helios DiT for one rank of a TP group (`tp_group=None`: the whole model, no communication).
 
     Constructing it allocates uninitialised parameters (build under `torch.device("meta")` to
-    allocate nothing); fill them with `from_pretrained`, `load_weights` or `load_state_dict`.
+    allocate nothing); fill them with `load_weights` or `load_state_dict`, or build and fill one
+    from a checkpoint folder with `helios.weights.from_pretrained`.
     """
 
     def __init__(
@@ -350,27 +351,9 @@ class HeliosTransformer(nn.Module):
 
     # -- construction helpers ------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        tp_group: TPGroup | None = None,
-        dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
-        sp_group: TPGroup | None = None,
-    ) -> "HeliosTransformer":
-        """Load a diffusers-format transformer folder (or a pipeline folder's `transformer/`);
-        each rank reads only its own slices. dtype defaults to float32, device to CPU."""
-        from helios.weights.loader import load_transformer
-
-        return load_transformer(path, tp_group=tp_group, dtype=dtype, device=device, sp_group=sp_group)
-
     def load_weights(self, tensors: Iterable[tuple[str, Any]], *, strict: bool = True) -> list[str]:
         """Load (name, full tensor or safetensors slice) pairs, e.g. a diffusers state dict's
         `.items()`; each rank keeps only its slice. Returns the loaded names."""
-        from helios.weights.loader import load_weights
-
         return load_weights(self, tensors, strict=strict).loaded
 
     def cast_(self, dtype: torch.dtype) -> "HeliosTransformer":

@@ -93,9 +93,9 @@ def check_folder(folder: Path) -> Path:
 def load_transformer(folder: Path, *, tp_group=None, dtype: torch.dtype, device: torch.device):
     """Our TP-aware transformer; diffusers' single-device one only until helios.model exists."""
     try:
-        from helios.model import HeliosTransformer
+        from helios.weights import from_pretrained
 
-        return HeliosTransformer.from_pretrained(folder, tp_group=tp_group, dtype=dtype, device=device).eval()
+        return from_pretrained(folder, tp_group=tp_group, dtype=dtype, device=device).eval()
     except ImportError as exc:  # the model package is missing or incomplete in this checkout
         if tp_group is not None:
             raise ValueError(f"tp_group: tensor parallelism needs helios.model.HeliosTransformer ({exc})") from exc

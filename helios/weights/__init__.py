@@ -1,6 +1,6 @@
-"""Checkpoint index, per-rank slicing loader, tiny checkpoint maker."""
+"""Checkpoint index, `from_pretrained` (per-rank slicing load), tiny checkpoint maker."""
 
 from helios.weights.checkpoint import CheckpointIndex
-from helios.weights.loader import LoadReport, load_transformer, load_weights, materialize_
+from helios.weights.loader import from_pretrained
 
-__all__ = ["CheckpointIndex", "LoadReport", "load_transformer", "load_weights", "materialize_"]
+__all__ = ["CheckpointIndex", "from_pretrained"]

@@ -1,85 +1,24 @@
-"""Per-rank checkpoint loading: build on the meta device, allocate this rank's parameters once
-in the target dtype and device, then fill each from its own slice of the checkpoint."""
+"""`from_pretrained`: build the transformer on the meta device, allocate this rank's parameters
+once in the target dtype and device, then fill each from its own slice of the checkpoint.
+
+The model side (`load_weights`, `materialize_`) lives in `helios.model.load`; this module adds
+what needs a checkpoint folder, so `helios.model` never imports `helios.weights`."""
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
 
 import torch
-from torch import nn
 
 from helios.config import HeliosConfig, resolve_transformer_dir
-from helios.model.layers import weight_loader_of
+from helios.model.load import LoadReport, load_weights, materialize_
 from helios.model.transformer import HeliosTransformer
 from helios.parallel.comm import tp_rank, tp_size
 from helios.parallel.group import TPGroup
 from helios.weights.checkpoint import CheckpointIndex
 
 logger = logging.getLogger(__name__)
-
-# Checkpoint keys diffusers itself ignores when loading this model.
-IGNORED_UNEXPECTED = (re.compile(r"norm_added_q"),)
-
-
-@dataclass
-class LoadReport:
-    """What one rank loaded: tensor names and the bytes it read from the checkpoint."""
-
-    loaded: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    bytes_read: int = 0
-
-
-def materialize_(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Replace every meta parameter by uninitialised storage on `device` (same dtype/shape),
-    keeping its loader attributes. One allocation per parameter, no full-model copy."""
-    for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is None or not param.is_meta:
-                continue
-            new = nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device=device), requires_grad=False)
-            new.__dict__.update(param.__dict__)
-            module._parameters[name] = new
-    return model
-
-
-def load_weights(model: nn.Module, tensors: Iterable[tuple[str, Any]], *, strict: bool = True) -> LoadReport:
-    """Feed (name, tensor-or-slice) pairs to each parameter's own loader. With `strict`, any
-    missing, unexpected or misshaped tensor raises a ValueError naming all of them."""
-    params = dict(model.named_parameters())
-    report = LoadReport()
-    unexpected: list[str] = []
-    misshaped: dict[str, str] = {}
-    for name, source in tensors:
-        param = params.get(name)
-        if param is None:
-            if any(p.search(name) for p in IGNORED_UNEXPECTED):
-                report.ignored.append(name)
-            else:
-                unexpected.append(name)
-            continue
-        try:
-            report.bytes_read += weight_loader_of(param)(param, source)
-        except ValueError as exc:
-            misshaped[name] = f"{name}: {exc}"
-            continue
-        report.loaded.append(name)
-    missing = sorted(set(params) - set(report.loaded) - set(misshaped))
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {sorted(unexpected)}")
-    if misshaped:
-        problems.append(f"misshaped tensors {sorted(misshaped.values())}")
-    if problems and (strict or misshaped):
-        raise ValueError("checkpoint does not match the Helios transformer: " + "; ".join(problems))
-    return report
-
 
 DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -111,7 +50,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def load_transformer(
+def from_pretrained(
     path: str | Path,
     *,
     tp_group: TPGroup | None = None,

@@ -18,8 +18,8 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
-    from helios.model import HeliosTransformer
     from helios.parallel import TPGroup, init_tp_group
+    from helios.weights import from_pretrained
 
     inputs = torch.load(inputs_file)
     out = Path(out_dir)
@@ -48,7 +48,7 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
         "sp2_fp32": (None, tp_pair, torch.float32),
     }
     for tag, (group, sp_group, dtype) in runs.items():
-        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=group, sp_group=sp_group, dtype=dtype)
+        model = from_pretrained(checkpoint, tp_group=group, sp_group=sp_group, dtype=dtype)
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad():
             result = model(**cast)

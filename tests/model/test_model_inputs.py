@@ -9,12 +9,12 @@ import torch
 from model_inputs import make_inputs
 
 from helios.config import HeliosConfig
-from helios.model import HeliosTransformer
+from helios.weights import from_pretrained
 
 
 @pytest.fixture(scope="module")
 def model(tiny_ckpt):
-    return HeliosTransformer.from_pretrained(tiny_ckpt)
+    return from_pretrained(tiny_ckpt)
 
 
 def test_tiny_preset_matches_design():

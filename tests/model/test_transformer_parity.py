@@ -8,6 +8,7 @@ from model_inputs import make_inputs
 
 from helios.config import HeliosConfig
 from helios.model import HeliosTransformer, HeliosTransformerOutput
+from helios.weights import from_pretrained
 
 FP32_TOL = 1e-5
 
@@ -25,7 +26,7 @@ def _ours(model, kwargs, **extra):
 @pytest.mark.parametrize("history", [True, False], ids=["with-history", "no-history"])
 def test_fp32_parity_tp1(tiny_ckpt, diffusers_ref, history):
     ref = diffusers_ref(tiny_ckpt)
-    ours = HeliosTransformer.from_pretrained(tiny_ckpt)
+    ours = from_pretrained(tiny_ckpt)
     kwargs = make_inputs(batch=2, history=history)
     expected = _ref(ref, kwargs)
     got = _ours(ours, kwargs)
@@ -36,14 +37,14 @@ def test_fp32_parity_tp1(tiny_ckpt, diffusers_ref, history):
 
 def test_fp32_parity_sharded_checkpoint_with_amplified_history(tp_ckpt, diffusers_ref):
     ref = diffusers_ref(tp_ckpt)
-    ours = HeliosTransformer.from_pretrained(tp_ckpt)
+    ours = from_pretrained(tp_ckpt)
     kwargs = make_inputs(batch=1)
     assert (_ours(ours, kwargs) - _ref(ref, kwargs)).abs().max().item() <= FP32_TOL
 
 
 def test_bf16_keeps_fp32_modules_and_matches_diffusers(tiny_ckpt, diffusers_ref):
     ref = diffusers_ref(tiny_ckpt, torch.bfloat16)
-    ours = HeliosTransformer.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)
+    ours = from_pretrained(tiny_ckpt, dtype=torch.bfloat16)
     dtypes = {name: p.dtype for name, p in ours.named_parameters()}
     assert dtypes == {name: p.dtype for name, p in ref.named_parameters()}
     assert dtypes["blocks.0.scale_shift_table"] == torch.float32
@@ -64,7 +65,7 @@ def test_diffusers_state_dict_loads_with_same_names(tiny_ckpt, diffusers_ref):
 
 
 def test_return_dict_compat(tiny_ckpt):
-    model = HeliosTransformer.from_pretrained(tiny_ckpt)
+    model = from_pretrained(tiny_ckpt)
     kwargs = make_inputs(history=False)
     plain = _ours(model, kwargs)
     as_tuple = _ours(model, kwargs, return_dict=False)

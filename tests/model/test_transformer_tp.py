@@ -67,11 +67,11 @@ def test_tp2_bf16_close_to_tp1_bf16(tp_run, tp_ckpt):
     # diffusers itself cannot be the bf16 oracle here: with is_amplify_history its float32 key
     # scale promotes the keys and SDPA rejects the mixed dtypes. Our TP=1 bf16 path matches
     # diffusers bf16 exactly on the non-amplified config (test_transformer_parity).
-    from helios.model import HeliosTransformer
+    from helios.weights import from_pretrained
 
     kwargs = {k: v.bfloat16() if v.is_floating_point() else v for k, v in make_inputs(batch=1).items()}
     with torch.no_grad():
-        expected = HeliosTransformer.from_pretrained(tp_ckpt, dtype=torch.bfloat16)(**kwargs).float()
+        expected = from_pretrained(tp_ckpt, dtype=torch.bfloat16)(**kwargs).float()
     outputs = [torch.load(tp_run / f"tp2_bf16_rank{rank}.pt") for rank in range(WORLD)]
     assert all(o.dtype == torch.bfloat16 for o in outputs)
     assert torch.equal(outputs[0], outputs[1])  # both ranks of a group agree exactly

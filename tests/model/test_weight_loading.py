@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from helios.config import HeliosConfig
 from helios.model import HeliosTransformer
 from helios.parallel import TPGroup
-from helios.weights import CheckpointIndex, load_transformer
+from helios.weights import CheckpointIndex, from_pretrained
 
 TP = 4
 
@@ -25,7 +25,7 @@ def full_tensors(tp_ckpt) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def rank_loads(tp_ckpt):
-    return [load_transformer(tp_ckpt, tp_group=TPGroup(rank, TP), return_report=True) for rank in range(TP)]
+    return [from_pretrained(tp_ckpt, tp_group=TPGroup(rank, TP), return_report=True) for rank in range(TP)]
 
 
 def test_each_rank_holds_exactly_its_slice(rank_loads, full_tensors):
@@ -67,7 +67,7 @@ def test_rank_holds_quarter_of_attention(rank_loads):
 
 def test_tp_size_not_dividing_heads(tp_ckpt):
     with pytest.raises(ValueError, match=r"tp_size=3 does not divide num_attention_heads=4"):
-        load_transformer(tp_ckpt, tp_group=TPGroup(0, 3))
+        from_pretrained(tp_ckpt, tp_group=TPGroup(0, 3))
     with pytest.raises(ValueError, match=r"tp_size=8 does not divide num_attention_heads=4"):
         HeliosTransformer(HeliosConfig.tiny(num_attention_heads=4), tp_group=TPGroup(0, 8))
 
@@ -83,7 +83,7 @@ def _edited_copy(src, dst, edit) -> None:
 def test_missing_tensor_is_named(tiny_ckpt, tmp_path):
     _edited_copy(tiny_ckpt, tmp_path / "ckpt", lambda t: t.pop("blocks.1.attn2.to_v.bias"))
     with pytest.raises(ValueError, match=r"missing tensors \['blocks.1.attn2.to_v.bias'\]"):
-        HeliosTransformer.from_pretrained(tmp_path / "ckpt")
+        from_pretrained(tmp_path / "ckpt")
 
 
 def test_misshaped_tensor_is_named(tiny_ckpt, tmp_path):
@@ -92,9 +92,9 @@ def test_misshaped_tensor_is_named(tiny_ckpt, tmp_path):
 
     _edited_copy(tiny_ckpt, tmp_path / "ckpt", edit)
     with pytest.raises(ValueError, match=r"blocks.0.ffn.net.2.weight: shape \[64, 100\] in checkpoint, expected \[64, 128\]"):
-        HeliosTransformer.from_pretrained(tmp_path / "ckpt")
+        from_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match=r"blocks.0.ffn.net.2.weight: shape \[64, 100\] in checkpoint, expected \[64, 128\]") as info:
-        load_transformer(tmp_path / "ckpt", tp_group=TPGroup(1, 2))
+        from_pretrained(tmp_path / "ckpt", tp_group=TPGroup(1, 2))
     assert "missing" not in str(info.value)
 
 
@@ -105,33 +105,33 @@ def test_unexpected_tensor_is_named_and_diffusers_ignores_are_ignored(tiny_ckpt,
 
     _edited_copy(tiny_ckpt, tmp_path / "ckpt", edit)
     with pytest.raises(ValueError, match=r"unexpected tensors \['blocks.0.extra.weight'\]"):
-        HeliosTransformer.from_pretrained(tmp_path / "ckpt")
+        from_pretrained(tmp_path / "ckpt")
 
 
 def test_missing_folder_and_files(tmp_path, tiny_ckpt):
     with pytest.raises(ValueError, match="no transformer config.json"):
-        HeliosTransformer.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     shutil.copy(tiny_ckpt / "config.json", tmp_path / "config.json")
     with pytest.raises(ValueError, match="no diffusion_pytorch_model.safetensors"):
-        HeliosTransformer.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_pipeline_folder_layout_and_device_dtype(tiny_ckpt, tmp_path):
     shutil.copytree(tiny_ckpt, tmp_path / "pipe" / "transformer")
-    model = HeliosTransformer.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16, device="cpu")
+    model = from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16, device="cpu")
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert not any(p.is_meta or p.requires_grad for p in model.parameters())
 
 
 def test_dtype_and_device_arguments(tiny_ckpt):
-    assert HeliosTransformer.from_pretrained(tiny_ckpt, dtype="bf16").dtype == torch.bfloat16
+    assert from_pretrained(tiny_ckpt, dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match=r"dtype='int8' must be one of"):
-        HeliosTransformer.from_pretrained(tiny_ckpt, dtype="int8")
+        from_pretrained(tiny_ckpt, dtype="int8")
     with pytest.raises(ValueError, match=r"device='nowhere' is not a valid torch device"):
-        HeliosTransformer.from_pretrained(tiny_ckpt, device="nowhere")
+        from_pretrained(tiny_ckpt, device="nowhere")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' requested but CUDA is not available"):
-            HeliosTransformer.from_pretrained(tiny_ckpt, device="cuda")
+            from_pretrained(tiny_ckpt, device="cuda")
 
 
 def test_tiny_checkpoint_has_no_untouched_parameter(full_tensors, tiny_ckpt):
