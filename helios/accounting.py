@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from helios.config import HeliosConfig
+from helios.dtypes import DTYPE_NAMES, resolve_dtype
+from helios.model.transformer import HeliosTransformer
 from helios.parallel.group import TPGroup
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRESETS = {"14b": HeliosConfig.helios_14b, "tiny": HeliosConfig.tiny}
 # Full resolution (DESIGN section 3): history short 1,920 + mid 240 + long 240 tokens.
 FULL_RES_HISTORY_TOKENS = 2400
@@ -55,8 +56,6 @@ class FlopReport:
 
 def count_params(config: HeliosConfig, tp: int = 1, dtype: torch.dtype = torch.bfloat16) -> ParamReport:
     """Build rank 0 of a TP group of `tp` on the meta device and count (never allocates)."""
-    from helios.model.transformer import HeliosTransformer
-
     config.check_tp_size(tp)
     with torch.device("meta"):
         full = HeliosTransformer(config)
@@ -137,12 +136,11 @@ def report(
     """Both reports as one JSON-ready dict."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} must be one of {sorted(PRESETS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype)
     config = PRESETS[preset]()
-    params = count_params(config, tp, DTYPES[dtype])
+    params = count_params(config, tp, torch_dtype)
     flops = forward_flops(
-        config, tokens, history_tokens=history_tokens, text_tokens=text_tokens, tp=tp, dtype=DTYPES[dtype], sp=sp
+        config, tokens, history_tokens=history_tokens, text_tokens=text_tokens, tp=tp, dtype=torch_dtype, sp=sp
     )
     out = {"preset": preset, **asdict(params), **asdict(flops)}
     out["gib_per_rank"] = round(params.bytes_per_rank / 2**30, 3)
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="14b", choices=sorted(PRESETS))
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     parser.add_argument("--sp", type=int, default=1, help="Ulysses sequence-parallel size (weights replicated)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bf16", choices=DTYPE_NAMES)
     parser.add_argument("--tokens", type=int, default=11040, help="current + history tokens per forward")
     parser.add_argument("--history-tokens", type=int, default=None, help=f"default {FULL_RES_HISTORY_TOKENS}")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from helios.client.errors import HeliosError
 from helios.client.sync import HeliosClient, HeliosSession
 from helios.client.types import Chunk, Message
+from helios.dtypes import DTYPE_NAMES
 
 log = logging.getLogger("helios.cli")
 
@@ -296,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="device, TP plan and memory per rank for a preset")
     p.add_argument("--preset", default="14b", help="14b or tiny")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per session")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--dtype", default="bf16", choices=DTYPE_NAMES)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
 

@@ -9,6 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from helios.dtypes import DTYPE_NAMES, dtype_name
+
 Variant = Literal["distilled", "mid", "base"]
 
 VARIANT_DEFAULTS: dict[str, dict] = {
@@ -110,9 +112,14 @@ class ModelPreset(BaseModel):
     name: str = Field(description="Preset name, the file stem in configs/models/.")
     description: str = Field("", description="One line for humans.")
     path: str = Field(description="Pipeline folder; 'tiny' builds the tiny random pipeline in a cache folder.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Transformer dtype.")
+    dtype: str = Field("float32", description=f"Transformer dtype, one of {list(DTYPE_NAMES)} (stored canonical).")
     tp_size: int = Field(1, ge=1, description="Tensor-parallel ranks this preset is meant for.")
     stream: dict = Field(default_factory=dict, description="StreamConfig overrides (height, width, pyramid_steps, ...).")
+
+    @field_validator("dtype")
+    @classmethod
+    def _canonical_dtype(cls, value: str) -> str:
+        return dtype_name(value)
 
 
 def presets_dir() -> Path:

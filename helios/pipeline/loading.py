@@ -24,8 +24,6 @@ COMPONENT_FILES = {
 
 SCHEDULERS = ("HeliosDMDScheduler", "HeliosScheduler")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 @dataclass
 class Source:
@@ -42,16 +40,6 @@ class Source:
         if self.model_index.get("is_distilled") or self.scheduler_class == "HeliosDMDScheduler":
             return "distilled"
         return "mid"
-
-
-def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype = torch.float32) -> torch.dtype:
-    if dtype is None:
-        return default
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 def resolve_source(path_or_preset: str | Path) -> Source:

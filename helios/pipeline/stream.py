@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helios.dtypes import resolve_dtype
 from helios.pipeline import loading
 from helios.pipeline.config import StreamConfig, build_stream_config
 from helios.pipeline.engine import ChunkResult, Transition
@@ -102,7 +103,7 @@ class HeliosStreamPipeline:
         preset = source.preset
         if dtype is None and preset is not None:
             dtype = preset.dtype
-        torch_dtype = loading.parse_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype)
         device = torch.device(device or "cpu")
         base = dict(preset.stream) if preset is not None else {}
         base.setdefault("is_cfg_zero_star", bool(source.model_index.get("is_cfg_zero_star", False)))

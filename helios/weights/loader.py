@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from helios.config import HeliosConfig, resolve_transformer_dir
+from helios.dtypes import resolve_dtype
 from helios.model.load import LoadReport, load_weights, materialize_
 from helios.model.transformer import HeliosTransformer
 from helios.parallel.comm import tp_rank, tp_size
@@ -19,25 +20,6 @@ from helios.parallel.group import TPGroup
 from helios.weights.checkpoint import CheckpointIndex
 
 logger = logging.getLogger(__name__)
-
-DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """None -> float32; also accepts 'bf16', 'bfloat16', 'fp16', ... (ValueError naming a bad one)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
-            raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPE_NAMES)}")
-        return DTYPE_NAMES[dtype.removeprefix("torch.")]
-    if dtype not in DTYPE_NAMES.values():
-        raise ValueError(f"dtype={dtype} must be float32, bfloat16 or float16")
-    return dtype
-
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
     """None -> CPU; a CUDA device needs CUDA to be available."""

@@ -27,16 +27,19 @@ def test_check_counts_match_the_diffusers_reference_model():
     assert count_parameters(preset_config("14b"))["total"] == 14_312_427_584
 
 
-def test_builtin_count_agrees_with_the_model_areas_accounting():
-    from helios.client.check import accounting_params
+def test_check_reports_the_model_areas_accounting():
+    # No fallback count: a broken helios.accounting fails here instead of being skipped.
+    from helios.accounting import count_params
+    from helios.config import HeliosConfig
 
     for tp in (1, 4):
-        exact = accounting_params("14b", tp)
-        if exact is None:
-            pytest.skip("helios.accounting not available")
+        exact = count_params(HeliosConfig.helios_14b(), tp)
         ours = count_parameters(preset_config("14b"), tp)
-        assert {k: exact[k] for k in ("total", "per_rank", "replicated")} == \
-            {k: ours[k] for k in ("total", "per_rank", "replicated")}
+        plan = tp_plan(preset_config("14b"), tp)
+        assert (exact.params_total, exact.params_per_rank, exact.params_replicated) == \
+            (ours["total"], ours["per_rank"], ours["replicated"])
+        assert (plan["params_total"], plan["params_per_rank"], plan["params_source"]) == \
+            (exact.params_total, exact.params_per_rank, "helios.accounting")
 
 
 def test_tp_plan_shards_and_rejects_bad_sizes():
