@@ -25,7 +25,7 @@ from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowPar
 from helios.model.load import load_weights
 from helios.model.rope import HeliosRotaryEmbedding, apply_rope, pad_replicate_3d
 from helios.parallel.comm import gather_uneven, heads_to_seq, seq_to_heads, split_sizes, tp_rank, tp_size
-from helios.parallel.group import TPGroup
+from helios.parallel.group import GroupLike, TPGroup, as_tp_group
 
 logger = logging.getLogger(__name__)
 
@@ -304,9 +304,10 @@ class HeliosTransformer(nn.Module):
     """
 
     def __init__(
-        self, config: HeliosConfig, *, tp_group: TPGroup | None = None, sp_group: TPGroup | None = None
+        self, config: HeliosConfig, *, tp_group: GroupLike = None, sp_group: GroupLike = None
     ) -> None:
         super().__init__()
+        tp_group, sp_group = as_tp_group(tp_group), as_tp_group(sp_group, "sp_group")
         config.check_tp_size(tp_size(tp_group))
         if tp_size(sp_group) > 1:
             if tp_size(tp_group) > 1:

@@ -12,10 +12,12 @@ from helios.parallel.comm import (
     tp_rank,
     tp_size,
 )
-from helios.parallel.group import TPGroup, disable_deepspeed_shm, init_tp_group
+from helios.parallel.group import GroupLike, TPGroup, as_tp_group, disable_deepspeed_shm, init_tp_group
 
 __all__ = [
+    "GroupLike",
     "TPGroup",
+    "as_tp_group",
     "barrier",
     "disable_deepspeed_shm",
     "gather_from_tp_region",

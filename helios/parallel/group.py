@@ -43,6 +43,22 @@ class TPGroup:
         return f"TPGroup(rank={self.rank}, world_size={self.world_size})"
 
 
+GroupLike = TPGroup | tdist.ProcessGroup | None
+"""What a `tp_group` / `sp_group` argument takes: a caller that set up torch.distributed itself
+holds a plain ProcessGroup, which `as_tp_group` wraps."""
+
+
+def as_tp_group(group: GroupLike, what: str = "tp_group") -> TPGroup | None:
+    """`group` as a TPGroup (a ProcessGroup is wrapped; None stays None: no parallelism)."""
+    if group is None or isinstance(group, TPGroup):
+        return group
+    if isinstance(group, tdist.ProcessGroup):
+        return TPGroup.from_process_group(group)
+    raise ValueError(
+        f"{what}: expected a TPGroup, a torch.distributed.ProcessGroup or None, got {type(group).__name__}"
+    )
+
+
 def disable_deepspeed_shm() -> None:
     """DeepSpeed 0.19.8's CPU shared-memory all-reduce can crash or leak /dev/shm; gloo is enough."""
     import deepspeed.ops

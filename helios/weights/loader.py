@@ -16,7 +16,7 @@ from helios.dtypes import resolve_dtype
 from helios.model.load import LoadReport, load_weights, materialize_
 from helios.model.transformer import HeliosTransformer
 from helios.parallel.comm import tp_rank, tp_size
-from helios.parallel.group import TPGroup
+from helios.parallel.group import GroupLike, as_tp_group
 from helios.weights.checkpoint import CheckpointIndex
 
 logger = logging.getLogger(__name__)
@@ -35,15 +35,16 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 def from_pretrained(
     path: str | Path,
     *,
-    tp_group: TPGroup | None = None,
+    tp_group: GroupLike = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     return_report: bool = False,
-    sp_group: TPGroup | None = None,
+    sp_group: GroupLike = None,
 ) -> HeliosTransformer | tuple[HeliosTransformer, LoadReport]:
     """Load a diffusers-format transformer folder (or a pipeline folder's `transformer/`) as this
     rank's shard. dtype defaults to float32 (diffusers' default), device to CPU. With `sp_group`
     (Ulysses sequence parallelism) the weights are replicated and the tokens split instead."""
+    tp_group, sp_group = as_tp_group(tp_group), as_tp_group(sp_group, "sp_group")
     folder = resolve_transformer_dir(path)
     config = HeliosConfig.from_pretrained(folder)
     config.check_tp_size(tp_size(tp_group))

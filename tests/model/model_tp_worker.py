@@ -1,8 +1,9 @@
 """Body of one gloo rank for the tensor-parallel tests (run under torch.multiprocessing.spawn).
 
 With 4 ranks it runs the model at TP=4 (the whole world, fp32) and at TP=2 (two subgroups passed
-in as existing process groups, fp32 and bf16), writing each output to `out_dir` for the parent to
-compare, plus what `init_tp_group` did when called again on the initialised world."""
+in as existing process groups, fp32 and bf16; and the same subgroups passed as plain
+torch.distributed ProcessGroups), writing each output to `out_dir` for the parent to compare,
+plus what `init_tp_group` did when called again on the initialised world."""
 
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
         "tp2_bf16": (tp_pair, None, torch.bfloat16),
         "sp4_fp32": (None, tp_world, torch.float32),
         "sp2_fp32": (None, tp_pair, torch.float32),
+        "tp2pg_fp32": (pairs[rank // 2], None, torch.float32),  # plain ProcessGroup, wrapped by the model
+        "sp2pg_fp32": (None, pairs[rank // 2], torch.float32),
     }
+    groups = {}
     for tag, (group, sp_group, dtype) in runs.items():
         model = from_pretrained(checkpoint, tp_group=group, sp_group=sp_group, dtype=dtype)
+        held = model.tp_group or model.sp_group
+        groups[tag] = [type(held).__name__, held.rank, held.world_size]
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad():
             result = model(**cast)
         torch.save(result, out / f"{tag}_rank{rank}.pt")
+    (out / f"groups_rank{rank}.json").write_text(json.dumps(groups))
     tdist.barrier()
     tdist.destroy_process_group()

@@ -63,6 +63,25 @@ def test_ulysses_sequence_parallel_matches_diffusers_fp32(tp_run, reference, siz
         assert (got - expected).abs().max().item() <= FP32_TOL, f"SP={size} rank {rank}"
 
 
+@pytest.mark.parametrize("kind", ["tp2", "sp2"])
+def test_a_plain_process_group_works_like_its_tpgroup(tp_run, kind):
+    # A caller that initialised torch.distributed itself passes its ProcessGroup as is.
+    for rank in range(WORLD):
+        groups = json.loads((tp_run / f"groups_rank{rank}.json").read_text())
+        assert groups[f"{kind}pg_fp32"] == ["TPGroup", rank % 2, 2] == groups[f"{kind}_fp32"]
+        plain = torch.load(tp_run / f"{kind}pg_fp32_rank{rank}.pt")
+        assert torch.equal(plain, torch.load(tp_run / f"{kind}_fp32_rank{rank}.pt")), f"{kind} rank {rank}"
+
+
+def test_a_group_of_another_type_is_refused():
+    from helios.config import HeliosConfig
+    from helios.model import HeliosTransformer
+
+    for arg in ("tp_group", "sp_group"):
+        with pytest.raises(ValueError, match=rf"{arg}: expected a TPGroup, a torch.distributed.ProcessGroup or None, got int"):
+            HeliosTransformer(HeliosConfig.tiny(), **{arg: 2})
+
+
 def test_tp2_bf16_close_to_tp1_bf16(tp_run, tp_ckpt):
     # diffusers itself cannot be the bf16 oracle here: with is_amplify_history its float32 key
     # scale promotes the keys and SDPA rejects the mixed dtypes. Our TP=1 bf16 path matches
