@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from helios.models.limits import SessionLimits
+
 logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "HELIOS_API_KEYS"
@@ -50,6 +52,7 @@ class ModelSpec(_Strict):
         description="Extra keyword arguments: pipeline `from_pretrained` overrides (helios) or TestPatternModel arguments.",
     )
     description: str = Field("", description="Shown by GET /v1/models.")
+    limits: SessionLimits = Field(default_factory=SessionLimits, description="Per-session limits (docs/limits.md).")
 
     def pipeline_overrides(self) -> dict[str, Any]:
         """`from_pretrained` overrides: the tiny preset's stream settings, then `options`."""

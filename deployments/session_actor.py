@@ -119,14 +119,14 @@ class SessionActor:
         if self.spec.kind == "test-pattern":
             from helios.models.testpattern import TestPatternModel
 
-            model = TestPatternModel(**self.spec.options, seed=seed)
+            model = TestPatternModel(**self.spec.options, seed=seed, limits=self.spec.limits)
         else:
             from helios.models.helios import HeliosModel
 
             assert self.group is not None, "a helios session needs a shard group"
             self.engine = ShardGroupEngine(self.group)
             # HeliosModel resets the engine (history, image) at chunk 0, so a warm group starts clean.
-            model = HeliosModel(self.engine, seed=seed)
+            model = HeliosModel(self.engine, seed=seed, limits=self.spec.limits)
         self.model = model
         self.session = Session(model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
         self.session.start()

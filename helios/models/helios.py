@@ -27,14 +27,14 @@ import numpy as np
 from pydantic import Field
 
 from helios.pipeline.engine import StreamEngine
-from helios.pipeline.image import DEFAULT_MAX_IMAGE_BYTES, decode_image_b64, resize_image
+from helios.models.limits import MAX_PROMPT_CHARS, SessionLimits
+from helios.pipeline.image import decode_image_b64, resize_image
 from helios.runtime import VideoModel, command, get_ctx
 from helios.runtime.context import SessionContext
 from helios.runtime.messages import event_message, state_message
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text prompt")]
@@ -58,10 +58,10 @@ class _Plan:
 class HeliosModel(VideoModel):
     """The Helios protocol: prompts scheduled per chunk, reference image, start/pause/resume/reset, seed."""
 
-    def __init__(self, engine: StreamEngine, *, seed: int = 0, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    def __init__(self, engine: StreamEngine, *, seed: int = 0, limits: SessionLimits | None = None) -> None:
         self.engine = engine
         self.fps = float(engine.fps)
-        self.max_image_bytes = max_image_bytes
+        self.limits = limits if limits is not None else SessionLimits()
         self._ctx: SessionContext | None = None
         self._started = False
         self._paused = False
@@ -91,10 +91,18 @@ class HeliosModel(VideoModel):
             "current_chunk": self._chunk,
             "current_prompt": self._current_prompt,
             "paused": self._paused,
-            "scheduled_prompts": {str(k): v for k, v in sorted(self._scheduled.items())},
+            "scheduled_prompts": self._scheduled_view(),
+            "scheduled_count": len(self._scheduled),
             "seed": self._seed,
             "effective_fps": ctx.effective_fps() if ctx is not None else 0.0,
         }
+
+    def _scheduled_view(self) -> dict[str, str]:
+        """The earliest few scheduled prompts, each shortened: a `state` message stays small
+        however much is scheduled (`get_schedule` pages through the full prompts)."""
+        cut = self.limits.state_prompt_chars
+        first = sorted(self._scheduled.items())[: self.limits.state_scheduled_entries]
+        return {str(k): v if len(v) <= cut else v[: cut - 1] + "\u2026" for k, v in first}
 
     def _context(self) -> SessionContext | None:
         try:
@@ -116,7 +124,7 @@ class HeliosModel(VideoModel):
     @command("set_prompt")
     def set_prompt(self, prompt: Prompt) -> None:
         """Use `prompt` from the next chunk to generate (chunk 0 before start, the current chunk while paused)."""
-        self._schedule(_clean_prompt(prompt), self._next_open_chunk())
+        self._schedule(self._clean_prompt(prompt), self._next_open_chunk())
 
     @command("schedule_prompt")
     def schedule_prompt(self, prompt: Prompt, chunk: ChunkIndex) -> None:
@@ -126,12 +134,48 @@ class HeliosModel(VideoModel):
             raise ValueError(
                 f"chunk: {chunk} is in the past; the next chunk to generate is {first}"
             )
-        self._schedule(_clean_prompt(prompt), chunk)
+        ahead = self.limits.max_chunks_ahead
+        if chunk - first > ahead:
+            raise ValueError(
+                f"chunk: {chunk} is {chunk - first} chunks ahead of the next chunk to generate ({first}); "
+                f"the max_chunks_ahead limit is {ahead}"
+            )
+        self._schedule(self._clean_prompt(prompt), chunk)
+
+    @command("get_schedule")
+    def get_schedule(
+        self,
+        from_chunk: ChunkIndex = 0,
+        limit: Annotated[int, Field(ge=1, le=16, description="Entries per page")] = 8,
+    ) -> dict[str, Any]:
+        """Return scheduled prompts in full, `limit` at a time from `from_chunk` on (a `state` message shortens them)."""
+        entries = sorted((k, v) for k, v in self._scheduled.items() if k >= from_chunk)
+        page = entries[:limit]
+        return {
+            "entries": [{"chunk": k, "prompt": v} for k, v in page],
+            "total": len(self._scheduled),
+            "next_chunk": entries[limit][0] if len(entries) > limit else None,
+        }
 
     def _schedule(self, prompt: str, chunk: int) -> None:
+        most = self.limits.max_scheduled_prompts
+        if chunk not in self._scheduled and len(self._scheduled) >= most:
+            raise ValueError(
+                f"{len(self._scheduled)} prompts are already scheduled; the max_scheduled_prompts limit is {most} "
+                "(replace a scheduled chunk, or wait until one is used)"
+            )
         self._scheduled[chunk] = prompt
         self._send(event_message("prompt_scheduled", chunk=chunk, prompt=prompt))
         self._send_state()
+
+    def _clean_prompt(self, prompt: str) -> str:
+        text = prompt.strip()
+        if not text:
+            raise ValueError("prompt: must not be blank")
+        most = self.limits.max_prompt_chars
+        if len(text) > most:
+            raise ValueError(f"prompt: {len(text)} characters, over the max_prompt_chars limit of {most}")
+        return text
 
     @command("set_image")
     def set_image(
@@ -140,7 +184,10 @@ class HeliosModel(VideoModel):
         transition: Literal["cut", "blend"] = "cut",
     ) -> None:
         """Condition the stream on a reference image (resized to the model resolution) from the next chunk."""
-        image = decode_image_b64(image_b64, max_bytes=self.max_image_bytes)
+        size = (int(self.engine.width), int(self.engine.height))
+        image = decode_image_b64(
+            image_b64, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels, target_size=size
+        )
         image = resize_image(image, self.engine.width, self.engine.height)
         self._image = image
         self._image_pending = transition
@@ -279,10 +326,3 @@ class HeliosModel(VideoModel):
             self.engine.set_image(plan.image[0], plan.image[1])  # type: ignore[arg-type]
         if plan.prompt is not None:
             self.engine.set_prompt(plan.prompt)
-
-
-def _clean_prompt(prompt: str) -> str:
-    text = prompt.strip()
-    if not text:
-        raise ValueError("prompt: must not be blank")
-    return text

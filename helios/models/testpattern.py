@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from helios.models.helios import HeliosModel
+from helios.models.limits import SessionLimits
 from helios.pipeline.engine import ChunkResult, Transition
 
 _BARS = np.array(
@@ -151,6 +152,13 @@ class TestPatternModel(HeliosModel):
     __test__ = False
 
     def __init__(
-        self, height: int = 128, width: int = 128, frames_per_chunk: int = 33, fps: int = 24, *, seed: int = 0
+        self,
+        height: int = 128,
+        width: int = 128,
+        frames_per_chunk: int = 33,
+        fps: int = 24,
+        *,
+        seed: int = 0,
+        limits: SessionLimits | None = None,
     ) -> None:
-        super().__init__(TestPatternEngine(height, width, frames_per_chunk, fps), seed=seed)
+        super().__init__(TestPatternEngine(height, width, frames_per_chunk, fps), seed=seed, limits=limits)

@@ -12,9 +12,28 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024
 """Payload limit for `set_image` (decoded bytes), as the hosted Helios protocol documents."""
 
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
+"""Decoded-pixel cap (16 Mpx): a 64 KB PNG of one colour can declare 30,000 x 30,000 pixels,
+so the byte limit alone does not bound the memory decoding takes."""
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+"""The only Pillow decoders user bytes reach (every other plugin's parser stays out of reach)."""
+
+_MAGIC = (
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "SVG/XML"),
+)
+
 
 class ImageInputError(ValueError):
-    """The image payload is missing, too big, or not an image."""
+    """The image payload is missing, too big, not an allowed format, or not a whole image."""
 
 
 def strip_data_url(payload: str) -> str:
@@ -27,7 +46,13 @@ def strip_data_url(payload: str) -> str:
     return payload
 
 
-def decode_image_b64(payload: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+def decode_image_b64(
+    payload: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    target_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Base64 (or data URL) → uint8 RGB array (H, W, 3). Raises ImageInputError naming the problem."""
     if not isinstance(payload, str) or not payload.strip():
         raise ImageInputError("image_b64: empty image payload")
@@ -35,33 +60,86 @@ def decode_image_b64(payload: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) 
     # Reject before decoding: base64 inflates by 4/3, so this bounds the work we do.
     if len(data) > (max_bytes * 4) // 3 + 8:
         raise ImageInputError(
-            f"image_b64: image is about {len(data) * 3 // 4} bytes, over the {max_bytes}-byte limit; "
+            f"image_b64: image is about {len(data) * 3 // 4} bytes, over the max_image_bytes limit of {max_bytes}; "
             "resize or compress it (JPEG) first"
         )
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageInputError(f"image_b64: not valid base64 ({exc})") from None
-    return decode_image_bytes(raw, max_bytes=max_bytes)
+    return decode_image_bytes(raw, max_bytes=max_bytes, max_pixels=max_pixels, target_size=target_size)
 
 
-def decode_image_bytes(raw: bytes, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, WebP...) → uint8 RGB array (H, W, 3)."""
+def decode_image_bytes(
+    raw: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    target_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """PNG, JPEG or WebP bytes → uint8 RGB array (H, W, 3).
+
+    The pixel count is checked from the header, before any pixel is decoded. With
+    `target_size` (width, height) a large image is decoded at a reduced scale (JPEG `draft`,
+    then an integer `reduce`) that still covers the target, so only the size the model needs
+    is ever converted.
+    """
     if len(raw) > max_bytes:
         raise ImageInputError(
-            f"image_b64: image is {len(raw)} bytes, over the {max_bytes}-byte limit; "
+            f"image_b64: image is {len(raw)} bytes, over the max_image_bytes limit of {max_bytes}; "
             "resize or compress it (JPEG) first"
         )
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > 64_000_000:
-                raise ImageInputError(f"image_b64: image of {img.width}x{img.height} pixels is too large")
-            rgb = img.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8).copy()
-    except ImageInputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageInputError(f"image_b64: not a decodable image ({exc.__class__.__name__})") from None
+        img = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageInputError(f"image_b64: {_not_allowed(raw)}; send PNG, JPEG or WebP") from None
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"image_b64: image declares too many pixels; the max_image_pixels limit is {max_pixels}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageInputError(f"image_b64: the image header could not be read ({type(exc).__name__}: {exc})") from None
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageInputError(f"image_b64: image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageInputError(
+                f"image_b64: image of {width}x{height} = {width * height} pixels is over the "
+                f"max_image_pixels limit of {max_pixels}; resize it first"
+            )
+        try:
+            factor = _reduce_factor((width, height), target_size)
+            if factor > 1:
+                img.draft("RGB", (-(-width // factor), -(-height // factor)))  # JPEG: decode at 1/2, 1/4, 1/8
+            img.load()
+            out: Image.Image = img
+            if factor > 1:
+                factor = _reduce_factor(out.size, target_size)  # what draft left to do
+                if factor > 1:
+                    out = out.reduce(factor)
+            rgb = out.convert("RGB")
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageInputError(
+                f"image_b64: the {img.format} image could not be decoded ({type(exc).__name__}: {exc}); "
+                "is it truncated or damaged?"
+            ) from None
+        return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _reduce_factor(size: tuple[int, int], target: tuple[int, int] | None) -> int:
+    """The largest integer factor that shrinks `size` and still covers `target` after crop-and-resize."""
+    if target is None:
+        return 1
+    (w, h), (tw, th) = size, target
+    # resize_image scales by max(tw / w, th / h) after its centre crop: keep at least that.
+    return max(1, min(w // max(1, tw), h // max(1, th)))
+
+
+def _not_allowed(raw: bytes) -> str:
+    head = raw[:16].lstrip()
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"{name} images are not accepted"
+    return "not a recognisable image"
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -65,7 +65,7 @@ def test_bad_override_names_the_field(overrides, field):
 def test_image_payload_errors():
     import numpy as np
 
-    with pytest.raises(ImageInputError, match="not a decodable image"):
+    with pytest.raises(ImageInputError, match="not a recognisable image"):
         decode_image_b64("aGVsbG8gd29ybGQ=")
     noisy = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
     with pytest.raises(ImageInputError, match="limit"):

@@ -148,6 +148,7 @@ def state(**fields: Any) -> dict[str, Any]:
         "effective_fps": ANY,
     }
     data.update(fields)
+    data.setdefault("scheduled_count", len(data["scheduled_prompts"]))
     return {"type": "state", "data": data}
 
 

@@ -84,7 +84,7 @@ def test_helios_commands_and_schemas():
     schemas = {s["name"]: s["args_schema"] for s in HeliosModel.command_schemas()}
     assert set(schemas) == {
         "set_prompt", "schedule_prompt", "set_image", "start", "pause", "resume", "reset", "set_seed",
-        "get_state", "list_commands",
+        "get_state", "get_schedule", "list_commands",
     }
     assert schemas["schedule_prompt"]["required"] == ["prompt", "chunk"]
     assert schemas["schedule_prompt"]["properties"]["chunk"]["minimum"] == 0
