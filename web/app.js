@@ -4,6 +4,7 @@
 "use strict";
 
 const MAX_IMAGE_BYTES = 64 * 1024;
+const KEY_SLOT = "helios.apiKey";  // sessionStorage, only with "remember in this tab" ticked
 const DEFAULT_SIZE = { width: 640, height: 384 };
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +25,23 @@ const app = {
 window.heliosApp = app;  // for debugging and tests
 
 // ---------------------------------------------------------------- helpers
+// The API key lives in page memory only. With "remember in this tab" ticked it is also kept
+// in sessionStorage (gone when the tab closes); never in localStorage, cookies or the URL.
+function rememberKey() {
+  const key = $("api-key").value.trim();
+  try {
+    if ($("remember-key").checked && key) sessionStorage.setItem(KEY_SLOT, key);
+    else sessionStorage.removeItem(KEY_SLOT);
+  } catch (_) { /* storage disabled: memory only */ }
+}
+
+function recallKey() {
+  try {
+    localStorage.removeItem(KEY_SLOT);  // written by earlier versions of this page: wipe it
+    return sessionStorage.getItem(KEY_SLOT) || "";
+  } catch (_) { return ""; }
+}
+
 function showError(message) {
   const li = document.createElement("li");
   li.className = "error";
@@ -136,7 +154,7 @@ function enableControls(on) {
 async function createSession() {
   app.apiKey = $("api-key").value.trim();
   if (!app.apiKey) { showError("api key: enter the API key first"); return; }
-  localStorage.setItem("helios.apiKey", app.apiKey);
+  rememberKey();
   const body = {};
   if ($("model").value) body.model = $("model").value;
   if ($("create-seed").value !== "") body.seed = Number($("create-seed").value);
@@ -448,7 +466,8 @@ function wire() {
     try { await navigator.clipboard.writeText($("share-link").value); notice("share link copied"); }
     catch (_) { $("share-link").select(); notice("select and copy the link"); }
   });
-  $("api-key").addEventListener("change", () => { app.apiKey = $("api-key").value.trim(); loadModels(); });
+  $("api-key").addEventListener("change", () => { app.apiKey = $("api-key").value.trim(); rememberKey(); loadModels(); });
+  $("remember-key").addEventListener("change", rememberKey);
 }
 
 async function init() {
@@ -476,8 +495,9 @@ async function init() {
     }
     return;
   }
-  const saved = params.get("key") || localStorage.getItem("helios.apiKey") || "";
+  const saved = recallKey();
   $("api-key").value = saved;
+  $("remember-key").checked = Boolean(saved);
   app.apiKey = saved;
   loadModels();
 }

@@ -35,6 +35,8 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     page.wait_for_function("window.heliosApp.sessionId !== null && !document.querySelector('#start').disabled",
                            timeout=TIMEOUT_MS)
     session_id = page.evaluate("window.heliosApp.sessionId")
+    # The key stays in page memory: nothing stored without "remember in this tab".
+    assert page.evaluate("[localStorage.length, sessionStorage.length]") == [0, 0]
     share_link = page.input_value("#share-link")
     assert session_id in share_link and "token=" in share_link
 
@@ -103,3 +105,30 @@ def test_player_reports_a_wrong_api_key(page, helios_server):
                            timeout=TIMEOUT_MS)
     assert not page.evaluate("window.heliosApp.sessionId")
     assert page.is_enabled("#create")
+
+
+def test_player_keeps_the_api_key_in_memory_unless_remembered_for_the_tab(page, helios_server):
+    page.goto(helios_server.url + "/")
+    page.evaluate("localStorage.setItem('helios.apiKey', 'left-by-an-old-version')")
+    page.reload()
+    assert page.evaluate("localStorage.getItem('helios.apiKey')") is None  # an old stored key is wiped
+    assert page.input_value("#api-key") == "" and not page.is_checked("#remember-key")
+
+    page.fill("#api-key", helios_server.api_key)
+    page.dispatch_event("#api-key", "change")
+    assert page.evaluate("[localStorage.length, sessionStorage.length]") == [0, 0]
+    page.reload()
+    assert page.input_value("#api-key") == ""  # memory only: a reload forgets it
+
+    page.fill("#api-key", helios_server.api_key)
+    page.check("#remember-key")
+    assert page.evaluate("sessionStorage.getItem('helios.apiKey')") == helios_server.api_key
+    assert page.evaluate("localStorage.length") == 0
+    page.reload()
+    assert page.input_value("#api-key") == helios_server.api_key and page.is_checked("#remember-key")
+    page.wait_for_selector("#model option[value='test-pattern']", state="attached", timeout=TIMEOUT_MS)
+
+    page.uncheck("#remember-key")
+    assert page.evaluate("sessionStorage.length") == 0
+    page.goto(helios_server.url + "/?key=" + helios_server.api_key)
+    assert page.input_value("#api-key") == ""  # never read from the URL
