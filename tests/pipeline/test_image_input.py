@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -18,22 +15,7 @@ from helios.pipeline.image import (
     decode_image_b64,
     decode_image_bytes,
 )
-
-
-def encode(image: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height and whose pixel data is empty."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+from tests.crafted_images import encode, png_header_only, truncated_png
 
 
 def test_defaults():
@@ -87,10 +69,8 @@ def test_unknown_bytes_are_refused():
 
 
 def test_a_truncated_png_is_refused():
-    noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    raw = encode(Image.fromarray(noisy), "PNG")
     with pytest.raises(ImageInputError, match="PNG image could not be decoded.*truncated or damaged"):
-        decode_image_bytes(raw[: len(raw) // 2])
+        decode_image_bytes(truncated_png())
 
 
 def test_a_truncated_jpeg_is_refused():

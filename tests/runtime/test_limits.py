@@ -4,10 +4,7 @@ keeps running and nothing else changes; `state` messages stay small however much
 from __future__ import annotations
 
 import base64
-import io
 import json
-import struct
-import zlib
 
 import pytest
 from PIL import Image
@@ -17,6 +14,8 @@ from helios.models.helios import HeliosModel
 from helios.models.limits import SessionLimits
 from helios.models.testpattern import TestPatternEngine
 from helios.runtime import MemorySink, Session
+
+from tests.crafted_images import encode, png_header_only, truncated_png
 
 from .runtime_support import GatedEngine, session_threads
 
@@ -180,33 +179,24 @@ def test_1500_scheduled_prompts_keep_state_small(open_session):
     assert max(sizes) < 3_000 + 3_900  # running: current_prompt may now be a full prompt
 
 
-def _png(width: int, height: int, fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 120, 240)).save(buf, format=fmt)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _bomb_header(width: int, height: int) -> str:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def _image(width: int, height: int, fmt: str = "PNG") -> str:
+    return _b64(encode(Image.new("RGB", (width, height), (10, 120, 240)), fmt))
 
 
 def test_image_limits_are_refused_by_name_and_the_session_keeps_its_image(open_session):
     session, sink, engine = open_session(SessionLimits(max_image_pixels=1_000_000))
-    assert session.call({"command": "set_image", "args": {"image_b64": _png(1000, 1000)}})["ok"]
+    assert session.call({"command": "set_image", "args": {"image_b64": _image(1000, 1000)}})["ok"]
     images = len(sink.events("image_set"))
-    buf = io.BytesIO()
-    Image.effect_noise((64, 64), 80).save(buf, format="PNG")
-    truncated = base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()
     for payload, needles in [
-        (_png(1001, 1000), ["set_image: image_b64: image of 1001x1000 = 1001000 pixels", "max_image_pixels limit of 1000000"]),
-        (_bomb_header(40_000, 40_000), ["set_image: image_b64:", "max_image_pixels"]),
-        (_png(32, 32, "GIF"), ["set_image: image_b64: GIF images are not accepted; send PNG, JPEG or WebP"]),
-        (_png(32, 32, "BMP"), ["set_image: image_b64: BMP images are not accepted"]),
-        (truncated, ["set_image: image_b64: the PNG image could not be decoded", "truncated or damaged"]),
+        (_image(1001, 1000), ["set_image: image_b64: image of 1001x1000 = 1001000 pixels", "max_image_pixels limit of 1000000"]),
+        (_b64(png_header_only(40_000, 40_000)), ["set_image: image_b64:", "max_image_pixels"]),
+        (_image(32, 32, "GIF"), ["set_image: image_b64: GIF images are not accepted; send PNG, JPEG or WebP"]),
+        (_image(32, 32, "BMP"), ["set_image: image_b64: BMP images are not accepted"]),
+        (_b64(truncated_png()), ["set_image: image_b64: the PNG image could not be decoded", "truncated or damaged"]),
     ]:
         refused_with(session, sink, session.call({"command": "set_image", "args": {"image_b64": payload}}), *needles)
     assert len(sink.events("image_set")) == images
