@@ -107,14 +107,16 @@ def fake_session_class():
             self._event().set()
             return self.produced_at
 
-        async def wait_chunks(self, after: int, timeout_s: float) -> dict:
+        async def wait_chunks(self, after: int, timeout_s: float):
+            from deployments.protocol import ChunkBatch, ChunkItem
+
             if not (self.ring and self.ring[-1]["chunk"] > after) and not self.ended:
                 try:
                     await asyncio.wait_for(self._event().wait(), timeout_s)
                 except asyncio.TimeoutError:
                     pass
-            return {"chunks": [c for c in self.ring if c["chunk"] > after], "ended": self.ended, "end_reason": "bench",
-                    "oldest": self.ring[0]["chunk"] if self.ring else -1, "latest": self.ring[-1]["chunk"] if self.ring else -1}
+            return ChunkBatch([ChunkItem(**c) for c in self.ring if c["chunk"] > after], self.ended, "bench",
+                              self.ring[0]["chunk"] if self.ring else -1, self.ring[-1]["chunk"] if self.ring else -1)
 
     return BenchSession
 

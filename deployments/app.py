@@ -6,17 +6,15 @@ under `config`, or a `config_path`); tests call it with a `ServingConfig`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
-from ray import serve
 from ray.serve import Application
 
 from deployments.config import DeploymentSpec, ServingConfig, ensure_some_key, load_config, with_env_keys
-from deployments.frontdoor import FrontDoor
-
-logger = logging.getLogger(__name__)
+from deployments.http.ingress import FrontDoor
+from deployments.naming import FRONT_DOOR_DEPLOYMENT, RELAY_DEPLOYMENT
+from deployments.relay import Relay
 
 
 def serve_options(spec: DeploymentSpec, name: str) -> dict[str, Any]:
@@ -58,11 +56,5 @@ def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
 def build_app(args: Any) -> Application:
     """Serve application: the relay and the front door (the ingress), configured from `args`."""
     cfg = prepare_config(args)
-    relay = None
-    try:
-        from deployments.relay import Relay
-    except ImportError as exc:  # the relay is optional for the API itself (streams answer 503)
-        logger.warning("no relay deployment available (%s): streams are disabled", exc)
-    else:
-        relay = Relay.options(**serve_options(cfg.relay, "Relay")).bind(cfg.relay.args)
-    return FrontDoor.options(**serve_options(cfg.front_door, "FrontDoor")).bind(cfg, relay)
+    relay = Relay.options(**serve_options(cfg.relay, RELAY_DEPLOYMENT)).bind(cfg.relay.args)
+    return FrontDoor.options(**serve_options(cfg.front_door, FRONT_DOOR_DEPLOYMENT)).bind(cfg, relay)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from deployments.protocol import RegistryStats, SessionStats
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -48,8 +50,8 @@ class FrontDoorMetrics:
             self.chunk_latency.labels("any").observe(float(s))
         self._seen_latency = count
 
-    def render(self, stats: dict, sessions: list[dict]) -> bytes:
-        """Exposition text with the gauges set from the registry `stats` and session `info` dicts."""
+    def render(self, stats: RegistryStats, sessions: list[SessionStats]) -> bytes:
+        """Exposition text with the gauges set from the registry `stats` and the sessions' `info`."""
         self.active.clear()
         self.queued.clear()
         for tenant, c in stats.get("tenants", {}).items():
@@ -62,12 +64,11 @@ class FrontDoorMetrics:
             self.counters.labels(name).set(value)
         self.fps.clear()
         for info in sessions:
-            sid = info.get("session_id", "")
-            self.fps.labels(sid).set(info.get("effective_fps", 0.0))
-            gen = info.get("gen_ms") or []
+            sid = info.session_id
+            self.fps.labels(sid).set(info.effective_fps)
             # gen_ms is a sliding window: observe only samples this replica has not seen yet.
-            new = int(info.get("chunks", 0)) - self._seen_gen.get(sid, 0)
-            for ms in gen[-new:] if new > 0 else []:
+            new = info.chunks - self._seen_gen.get(sid, 0)
+            for ms in info.gen_ms[-new:] if new > 0 else []:
                 self.chunk_gen.observe(ms / 1000.0)
-            self._seen_gen[sid] = int(info.get("chunks", 0))
+            self._seen_gen[sid] = info.chunks
         return generate_latest(self.registry)

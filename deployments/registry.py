@@ -14,13 +14,27 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray import serve
 
 from deployments.config import ServingConfig, resolve_model_path
-from deployments.naming import NAMESPACE, registry_actor_name, session_actor_name
+from deployments.model_factory import model_factory_for
+from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name, shard_group_id
+from deployments.protocol import (
+    Admission,
+    NoCapacity,
+    QuotaExceeded,
+    RegistryStats,
+    SessionRecord,
+    SessionStartFailed,
+    SessionStatus,
+    ShuttingDown,
+    UnknownModel,
+    cause_of,
+)
 from deployments.session_actor import SessionActor
 from deployments.shard import ShardGroup, create_shard_group, destroy_shard_group
 
@@ -30,28 +44,6 @@ ENDED_KEPT = 1000
 """Ended sessions remembered for GET (their end reason)."""
 REBUILD_BACKOFF_S = 5.0
 APP_WATCH_PERIOD_S = 3.0
-
-
-@dataclass
-class SessionRecord:
-    """What the registry knows about one session."""
-
-    session_id: str
-    tenant: str
-    model: str
-    viewer_token: str
-    seed: int | None
-    status: str = "queued"  # queued | starting | active | ended
-    created_at: float = field(default_factory=time.time)
-    ended_at: float | None = None
-    end_reason: str | None = None
-    group_id: str | None = None
-    actor_name: str = ""
-
-    def public(self) -> dict:
-        d = asdict(self)
-        d["status"] = "active" if self.status == "starting" else self.status
-        return d
 
 
 @dataclass
@@ -129,7 +121,7 @@ class SessionRegistry:
                         if pool.model_path is None:
                             pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
                     group = await create_shard_group(
-                        f"{self.config.app_name}-{model}-{uuid.uuid4().hex[:8]}",
+                        shard_group_id(self.config.app_name, model, uuid.uuid4().hex[:8]),
                         pool.model_path,
                         tp_size=spec.tp_size,
                         device=spec.device,
@@ -155,15 +147,14 @@ class SessionRegistry:
 
     async def _watch_app(self) -> None:
         """Serve does not stop detached actors: end the sessions ourselves when the app goes away."""
-        from ray import serve
-
         misses = 0
         while not self._shutting_down:
             await asyncio.sleep(APP_WATCH_PERIOD_S)
             try:
                 apps = (await asyncio.to_thread(serve.status)).applications
                 alive = self.config.app_name in apps and str(apps[self.config.app_name].status) != "DELETING"
-            except Exception:  # noqa: BLE001 - no Serve controller: the app is gone
+            except Exception as exc:  # noqa: BLE001 - no Serve controller: the app is gone
+                logger.debug("serve.status failed (%s): counting the app as gone", exc)
                 alive = False
             misses = 0 if alive else misses + 1
             if misses >= 2:
@@ -175,46 +166,48 @@ class SessionRegistry:
     def _live_of(self, tenant: str) -> int:
         return sum(1 for r in self.sessions.values() if r.tenant == tenant)
 
-    async def create_session(self, tenant: str, model: str, seed: int | None) -> dict:
-        """Admit (201 'active'), queue (202 'queued' + position) or refuse ('rejected' + reason) a new session."""
+    async def create_session(self, tenant: str, model: str, seed: int | None) -> Admission:
+        """Admit (ACTIVE) or queue (QUEUED + position) a new session; raises when it is refused.
+
+        Raises ShuttingDown, UnknownModel, QuotaExceeded, NoCapacity (queue full) or
+        SessionStartFailed (the model did not start on its group).
+        """
         self._ensure_started()
+        retry = self.config.retry_after_s
         if self._shutting_down:
-            return {"status": "rejected", "reason": "shutting_down", "detail": "the server is shutting down"}
+            raise ShuttingDown("server: the server is shutting down", retry_after_s=retry)
         if model not in self.config.models:
-            return {"status": "rejected", "reason": "bad_model", "detail": f"model {model!r} is not offered; choose one of {sorted(self.config.models)}"}
+            raise UnknownModel(f"model: {model!r} is not offered; choose one of {sorted(self.config.models)}")
         quota = self.config.quota_of(tenant)
         if self._live_of(tenant) >= quota.max_concurrent_sessions:
             self.counters["sessions_rejected"] += 1
-            return {
-                "status": "rejected",
-                "reason": "quota",
-                "detail": f"tenant {tenant!r} already holds {quota.max_concurrent_sessions} sessions (max_concurrent_sessions)",
-            }
+            raise QuotaExceeded(
+                f"tenant {tenant!r} already holds {quota.max_concurrent_sessions} sessions (max_concurrent_sessions)", retry_after_s=retry
+            )
         pool, queue = self.pools[model], self.queues[model]
         has_free = bool(pool.free) and not queue
         if not has_free and len(queue) >= self.config.queue_size:
             self.counters["sessions_rejected"] += 1
-            return {"status": "rejected", "reason": "queue_full", "detail": f"all {model!r} groups are busy and the queue is full"}
+            raise NoCapacity(f"model: all {model!r} groups are busy and the queue is full", retry_after_s=retry)
         sid = uuid.uuid4().hex
         rec = SessionRecord(sid, tenant, model, secrets.token_urlsafe(18), seed, actor_name=session_actor_name(sid))
         self.sessions[sid] = rec
         self.counters["sessions_created"] += 1
         if has_free:
-            rec.status = "starting"
-            ok = await self._launch(rec, pool.free.pop(0))
-            if not ok:
-                return {"status": "failed", "detail": rec.end_reason, "session": rec.public()}
-            return {"status": "active", "session": rec.public()}
+            rec.status = SessionStatus.STARTING
+            if not await self._launch(rec, pool.free.pop(0)):
+                raise SessionStartFailed(f"session: session could not start: {rec.end_reason}", retry_after_s=retry)
+            return Admission(SessionStatus.ACTIVE, rec.public())
         queue.append(sid)
-        return {"status": "queued", "position": len(queue), "session": rec.public()}
+        return Admission(SessionStatus.QUEUED, rec.public(len(queue)), position=len(queue))
 
     def _admit_waiting(self, model: str) -> None:
         pool, queue = self.pools[model], self.queues[model]
         while pool.free and queue and not self._shutting_down:
             rec = self.sessions.get(queue.popleft())
-            if rec is None or rec.status != "queued":
+            if rec is None or rec.status is not SessionStatus.QUEUED:
                 continue
-            rec.status = "starting"
+            rec.status = SessionStatus.STARTING
             self._spawn(self._launch(rec, pool.free.pop(0)))
 
     async def _launch(self, rec: SessionRecord, slot: ShardGroup | None) -> bool:
@@ -222,6 +215,8 @@ class SessionRegistry:
         self.pools[rec.model].leased[rec.session_id] = slot
         rec.group_id = slot.group_id if slot is not None else None
         cfg = self.config
+        spec = cfg.models[rec.model]
+        actor = None
         try:
             actor = (
                 ray.remote(SessionActor)
@@ -239,8 +234,9 @@ class SessionRegistry:
                     rec.session_id,
                     rec.tenant,
                     rec.model,
-                    cfg.models[rec.model],
+                    spec,
                     slot,
+                    model_factory=model_factory_for(spec),
                     seed=rec.seed,
                     registry_name=self.name,
                     ring_size=cfg.ring_size,
@@ -254,24 +250,19 @@ class SessionRegistry:
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
             self.counters["sessions_failed"] += 1
-            cause = getattr(exc, "cause", None) or exc
-            await self.session_finished(rec.session_id, f"error: failed to start: {cause}", None)
-            try:
+            await self.session_finished(rec.session_id, f"error: failed to start: {cause_of(exc)}", None)
+            if actor is not None:
                 ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
             return False
-        if rec.status == "starting":
-            rec.status = "active"
+        if rec.status is SessionStatus.STARTING:
+            rec.status = SessionStatus.ACTIVE
         self._spawn(self._start_recording(rec.session_id))
         return True
 
     async def _start_recording(self, session_id: str) -> None:
         """Ask the relay to write recording.mp4 from the first chunk on (best effort)."""
         try:
-            from ray import serve
-
-            handle = await asyncio.to_thread(serve.get_deployment_handle, "Relay", self.config.app_name)
+            handle = await asyncio.to_thread(serve.get_deployment_handle, RELAY_DEPLOYMENT, self.config.app_name)
             await handle.start_recording.remote(session_id)
         except Exception as exc:  # noqa: BLE001 - no relay: no recording, the session still runs
             logger.info("no recording for session %s: %s", session_id, exc)
@@ -281,7 +272,7 @@ class SessionRegistry:
         rec = self.sessions.pop(session_id, None)
         if rec is None:
             return
-        rec.status, rec.ended_at, rec.end_reason = "ended", time.time(), rec.end_reason or reason or "ended"
+        rec.end(reason)
         self._remember(rec)
         pool = self.pools[rec.model]
         if session_id in pool.leased:
@@ -305,29 +296,24 @@ class SessionRegistry:
             self.ended.popitem(last=False)
 
     # ---- queries and deletion ------------------------------------------------------------
-    async def get_session(self, session_id: str) -> dict | None:
-        """The record (with queue position while queued), or None when unknown."""
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """A copy of the record (with queue position while queued), or None when unknown."""
         rec = self.sessions.get(session_id) or self.ended.get(session_id)
         if rec is None:
             return None
-        out = rec.public()
-        out["position"] = None
-        if rec.status == "queued":
-            out["position"] = list(self.queues[rec.model]).index(session_id) + 1
-        return out
+        position = list(self.queues[rec.model]).index(session_id) + 1 if rec.status is SessionStatus.QUEUED else None
+        return rec.public(position)
 
-    async def end_session(self, session_id: str, reason: str = "deleted") -> dict | None:
+    async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""
         rec = self.sessions.get(session_id)
         if rec is None:
             return await self.get_session(session_id)
-        if rec.status == "queued":
-            try:
+        if rec.status is SessionStatus.QUEUED:
+            if session_id in self.queues[rec.model]:
                 self.queues[rec.model].remove(session_id)
-            except ValueError:
-                pass
             self.sessions.pop(session_id, None)
-            rec.status, rec.ended_at, rec.end_reason = "ended", time.time(), reason
+            rec.end(reason)
             self._remember(rec)
             return rec.public()
         try:
@@ -347,12 +333,12 @@ class SessionRegistry:
                     return list(slot.workers)
         raise ValueError(f"group_id {group_id!r}: no such shard group")
 
-    async def stats(self) -> dict:
+    async def stats(self) -> RegistryStats:
         """Counts for /metrics and /healthz."""
         tenants: dict[str, dict[str, int]] = {}
         for r in self.sessions.values():
             t = tenants.setdefault(r.tenant, {"active": 0, "queued": 0})
-            t["queued" if r.status == "queued" else "active"] += 1
+            t["queued" if r.status is SessionStatus.QUEUED else "active"] += 1
         models = {
             m: {
                 "free": len(p.free),
@@ -367,7 +353,7 @@ class SessionRegistry:
         return {
             "tenants": tenants,
             "models": models,
-            "sessions": {sid: {"tenant": r.tenant, "model": r.model, "status": r.public()["status"]} for sid, r in self.sessions.items()},
+            "sessions": {sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
             "counters": dict(self.counters),
             "shutting_down": self._shutting_down,
         }
@@ -380,7 +366,7 @@ class SessionRegistry:
                 sid = queue.popleft()
                 rec = self.sessions.pop(sid, None)
                 if rec is not None:
-                    rec.status, rec.ended_at, rec.end_reason = "ended", time.time(), reason
+                    rec.end(reason)
                     self._remember(rec)
         active = [r for r in self.sessions.values()]
         await asyncio.gather(*(self.end_session(r.session_id, reason) for r in active), return_exceptions=True)

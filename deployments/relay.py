@@ -27,7 +27,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from deployments.naming import NAMESPACE, is_valid_session_id, session_actor_name
+from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, is_valid_session_id, session_actor_name
+from deployments.protocol import ChunkBatch, InvalidField, SessionNotFound
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type, parse_format
 from helios.media.recording import RecordingWriter
@@ -65,7 +66,7 @@ class RelayConfig(BaseModel):
 
 def _check_session_id(session_id: str) -> str:
     if not isinstance(session_id, str) or not is_valid_session_id(session_id):
-        raise ValueError(f"session_id {session_id!r} is not a valid session id (32 lowercase hex characters)")
+        raise InvalidField(f"session_id {session_id!r} is not a valid session id (32 lowercase hex characters)", field="session_id")
     return session_id
 
 
@@ -73,8 +74,15 @@ def _check_from(from_chunk: Any) -> int | None:
     if from_chunk is None:
         return None
     if isinstance(from_chunk, bool) or not isinstance(from_chunk, (int, np.integer)) or from_chunk < 0:
-        raise ValueError(f"from must be a chunk index >= 0, got {from_chunk!r}")
+        raise InvalidField(f"from must be a chunk index >= 0, got {from_chunk!r}", field="from")
     return int(from_chunk)
+
+
+def _check_format(fmt: str) -> str:
+    try:
+        return parse_format(fmt)
+    except ValueError as exc:
+        raise InvalidField(str(exc), field="format") from None
 
 
 async def _load_ref(ref: ray.ObjectRef) -> np.ndarray:
@@ -103,6 +111,7 @@ class _Feed:
         self.users = 0
         self.ready = asyncio.Event()
         self.error: str | None = None
+        """Why the feed has no session (then every viewer gets SessionNotFound with it)."""
         self._touched = float("-inf")
         self.task = asyncio.ensure_future(self._run())
 
@@ -116,16 +125,16 @@ class _Feed:
         after, timeout = -1, 0.0  # the first poll answers at once with the session's whole ring
         try:
             while True:
-                reply = await actor.wait_chunks.remote(after, timeout)
-                for item in reply.get("chunks", []):
-                    ref = item["refs"][0]
-                    entry = ChunkEntry(item["chunk"], item.get("meta") or {}, lambda ref=ref: _load_ref(ref))
+                reply: ChunkBatch = await actor.wait_chunks.remote(after, timeout)
+                for item in reply.chunks:
+                    ref = item.refs[0]
+                    entry = ChunkEntry(item.chunk, item.meta, lambda ref=ref: _load_ref(ref))
                     self.fanout.publish(entry)
                     after = max(after, entry.chunk)
                 self.ready.set()
                 self._touch(actor)
-                if reply.get("ended"):
-                    self.fanout.finish(reply.get("end_reason"))
+                if reply.ended:
+                    self.fanout.finish(reply.end_reason)
                     return
                 timeout = self.config.poll_timeout_s
         except asyncio.CancelledError:
@@ -155,7 +164,7 @@ class _Feed:
         self.fanout.close()
 
 
-@serve.deployment(name="Relay", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name=RELAY_DEPLOYMENT, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
 class Relay:
     """Streams sessions to viewers (mjpeg | mp4 | msgpack) and writes their recordings."""
 
@@ -197,7 +206,7 @@ class Relay:
     # ---- public API --------------------------------------------------------------------
     async def stream(self, session_id: str, fmt: str = "mp4", from_chunk: int | None = None) -> AsyncIterator[bytes]:
         """The session's stream in `fmt`, from the live edge or `from_chunk`, until the session ends."""
-        fmt = parse_format(fmt)
+        fmt = _check_format(fmt)
         _check_session_id(session_id)
         from_chunk = _check_from(from_chunk)
         feed = self._acquire(session_id)
@@ -205,8 +214,11 @@ class Relay:
         try:
             await feed.ready.wait()
             if feed.error:
-                raise ValueError(feed.error)
-            viewer = feed.fanout.subscribe(fmt, from_chunk)
+                raise SessionNotFound(feed.error)
+            try:
+                viewer = feed.fanout.subscribe(fmt, from_chunk)
+            except ValueError as exc:  # `from` older than the window the relay keeps
+                raise InvalidField(str(exc), field="from") from None
             pieces = feed.fanout.stream(viewer)
             async for piece in pieces:
                 yield piece
@@ -230,7 +242,7 @@ class Relay:
             await feed.ready.wait()
             if feed.error:
                 self._release(feed)
-                raise ValueError(feed.error)
+                raise SessionNotFound(feed.error)
             writer = RecordingWriter(path)
             self._writers[session_id] = writer
             while len(self._writers) > MAX_RECORDINGS_TRACKED:  # forget the oldest finished ones

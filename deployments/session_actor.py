@@ -14,14 +14,17 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 import numpy as np
 import ray
 
 from deployments.config import ModelSpec
+from deployments.model_factory import ModelFactory, model_factory_for
 from deployments.naming import NAMESPACE
+from deployments.protocol import ChunkBatch, ChunkItem, LoggedMessage, MessageBatch, SessionStarted, SessionStats
 from deployments.shard import ShardGroup, ShardGroupEngine
+from helios.runtime import Session
+from helios.runtime.messages import Message, ack_message, event_message
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class _ActorSink:
     def __init__(self, actor: "SessionActor"):
         self.actor = actor
 
-    def on_message(self, message: dict) -> None:
+    def on_message(self, message: Message) -> None:
         self.actor._from_thread(self.actor._add_message, message)
 
     def on_frames(self, frames: np.ndarray, info: dict) -> None:
@@ -44,7 +47,10 @@ class _ActorSink:
 
 
 class SessionActor:
-    """Runs one session; every public method is safe to call from any process by the actor's name."""
+    """Runs one session; every public method is safe to call from any process by the actor's name.
+
+    `model_factory` builds the model on the leased group; by default the one of `spec`'s kind.
+    """
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class SessionActor:
         spec: ModelSpec,
         group: ShardGroup | None,
         *,
+        model_factory: ModelFactory | None = None,
         seed: int | None,
         registry_name: str,
         ring_size: int,
@@ -66,14 +73,15 @@ class SessionActor:
         self.tenant = tenant
         self.model_name = model_name
         self.spec = spec
+        self.model_factory = model_factory or model_factory_for(spec)
         self.group = group
         self.seed = seed
         self.registry_name = registry_name
         self.idle_timeout_s = idle_timeout_s
         self.max_session_s = max_session_s
         self.linger_s = linger_s
-        self.ring: deque[dict] = deque(maxlen=ring_size)
-        self.messages: deque[tuple[int, dict]] = deque(maxlen=message_log_size)
+        self.ring: deque[ChunkItem] = deque(maxlen=ring_size)
+        self.messages: deque[LoggedMessage] = deque(maxlen=message_log_size)
         self.next_seq = 1
         self.next_chunk = 0
         self.next_frame = 0
@@ -98,7 +106,7 @@ class SessionActor:
         """Set once start() has finished (successfully or not): commands wait for it."""
 
     # ---- start-up -------------------------------------------------------------------
-    async def start(self) -> dict:
+    async def start(self) -> SessionStarted:
         """Build the model on the leased group and start generation; raises if the model cannot start."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
@@ -110,25 +118,12 @@ class SessionActor:
         finally:
             self._ready.set()
         self._watch_task = asyncio.ensure_future(self._watch())
-        return {"session_id": self.session_id, "geometry": self._geometry()}
+        return SessionStarted(self.session_id, self._geometry())
 
     def _build(self) -> None:
-        from helios.runtime import Session
-
-        seed = int(self.seed) if self.seed is not None else 0
-        if self.spec.kind == "test-pattern":
-            from helios.models.testpattern import TestPatternModel
-
-            model = TestPatternModel(**self.spec.options, seed=seed, limits=self.spec.limits)
-        else:
-            from helios.models.helios import HeliosModel
-
-            assert self.group is not None, "a helios session needs a shard group"
-            self.engine = ShardGroupEngine(self.group)
-            # HeliosModel resets the engine (history, image) at chunk 0, so a warm group starts clean.
-            model = HeliosModel(self.engine, seed=seed, limits=self.spec.limits)
-        self.model = model
-        self.session = Session(model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
+        built = self.model_factory(self.group, int(self.seed) if self.seed is not None else 0)
+        self.model, self.engine = built.model, built.engine
+        self.session = Session(self.model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
         self.session.start()
 
     def _geometry(self) -> dict:
@@ -149,7 +144,7 @@ class SessionActor:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _add_message(self, message: dict) -> None:
+    def _add_message(self, message: Message) -> None:
         data = message.get("data") or {}
         if message.get("type") == "event" and data.get("event") == "error":
             self._last_error = data.get("message")
@@ -158,7 +153,7 @@ class SessionActor:
             cause = self.engine.failure if self.engine is not None and self.engine.failure else self._last_error
             if cause:
                 message = {"type": "event", "data": {**data, "reason": f"error: {cause}"}}
-        self.messages.append((self.next_seq, message))
+        self.messages.append(LoggedMessage(self.next_seq, message))
         self.next_seq += 1
         if message.get("type") == "state":
             self.state = message.get("data", {})
@@ -186,7 +181,7 @@ class SessionActor:
             "prompt": info.get("prompt"),
             "produced_at": time.time(),
         }
-        self.ring.append({"chunk": self.next_chunk, "refs": [ref], "meta": meta})
+        self.ring.append(ChunkItem(self.next_chunk, [ref], meta))
         self.chunk_times.append(time.monotonic())
         self.next_chunk += 1
         self.next_frame += n
@@ -218,33 +213,32 @@ class SessionActor:
             except asyncio.TimeoutError:
                 break
 
-    async def wait_chunks(self, after: int, timeout_s: float) -> dict:
+    async def wait_chunks(self, after: int, timeout_s: float) -> ChunkBatch:
         """Chunks with index > `after` still in the ring (long poll; returns early when any exist or the session ends)."""
         after = int(after)
-        await self._wait(lambda: bool(self.ring) and self.ring[-1]["chunk"] > after, timeout_s, viewer=False)
-        chunks = [dict(c) for c in self.ring if c["chunk"] > after]
-        return {
-            "chunks": chunks,
-            "ended": self.ended,
-            "end_reason": self.end_reason,
-            "oldest": self.ring[0]["chunk"] if self.ring else -1,
-            "latest": self.ring[-1]["chunk"] if self.ring else -1,
-        }
+        await self._wait(lambda: bool(self.ring) and self.ring[-1].chunk > after, timeout_s, viewer=False)
+        return ChunkBatch(
+            chunks=[c for c in self.ring if c.chunk > after],
+            ended=self.ended,
+            end_reason=self.end_reason,
+            oldest=self.ring[0].chunk if self.ring else -1,
+            latest=self.ring[-1].chunk if self.ring else -1,
+        )
 
-    async def wait_messages(self, after: int, timeout_s: float) -> dict:
+    async def wait_messages(self, after: int, timeout_s: float) -> MessageBatch:
         """Messages with sequence number > `after` (long poll). `lost` counts messages already dropped from the log."""
         after = int(after)
-        await self._wait(lambda: bool(self.messages) and self.messages[-1][0] > after, timeout_s)
-        items = [{"seq": s, "message": m} for s, m in self.messages if s > after]
-        oldest = self.messages[0][0] if self.messages else self.next_seq
-        complete = bool(self.ended and self.messages and self.messages[-1][1].get("data", {}).get("event") == "session_ended")
-        return {
-            "messages": items,
-            "lost": max(0, oldest - after - 1),
-            "ended": self.ended,
-            "complete": complete or (self.ended and self._finalized),
-            "end_reason": self.end_reason,
-        }
+        await self._wait(lambda: bool(self.messages) and self.messages[-1].seq > after, timeout_s)
+        oldest = self.messages[0].seq if self.messages else self.next_seq
+        last = self.messages[-1].message if self.messages else {}
+        complete = bool(self.ended and last.get("data", {}).get("event") == "session_ended")
+        return MessageBatch(
+            messages=[m for m in self.messages if m.seq > after],
+            lost=max(0, oldest - after - 1),
+            ended=self.ended,
+            complete=complete or (self.ended and self._finalized),
+            end_reason=self.end_reason,
+        )
 
     # ---- commands & info -----------------------------------------------------------------
     async def command(self, cmd: dict, timeout_s: float = 30.0) -> dict:
@@ -254,10 +248,10 @@ class SessionActor:
             # Admitted from the queue a moment ago: the model is still being built.
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                return {"id": cmd.get("id"), "ok": False, "error": "session: still starting, try again", "result": None}
+            except TimeoutError:
+                return ack_message(cmd.get("id"), False, "session: still starting, try again")["data"]
         if self.ended or self.session is None:
-            return {"id": cmd.get("id"), "ok": False, "error": f"session has ended ({self.end_reason})", "result": None}
+            return ack_message(cmd.get("id"), False, f"session has ended ({self.end_reason})")["data"]
 
         def call() -> dict:
             with self._cmd_lock:
@@ -266,35 +260,35 @@ class SessionActor:
         ack = await asyncio.to_thread(call)
         return ack.get("data", ack) if isinstance(ack, dict) and ack.get("type") == "ack" else ack
 
-    async def info(self) -> dict:
+    async def info(self) -> SessionStats:
         """Status for GET /v1/sessions/{id} and /metrics."""
-        return {
-            "session_id": self.session_id,
-            "tenant": self.tenant,
-            "model": self.model_name,
-            "state": self.state,
-            "ended": self.ended,
-            "end_reason": self.end_reason,
-            "chunks": self.next_chunk,
-            "effective_fps": self._effective_fps(),
-            "gen_ms": list(self.gen_ms),
-            "viewers": self.pollers,
-        }
+        return SessionStats(
+            session_id=self.session_id,
+            tenant=self.tenant,
+            model=self.model_name,
+            state=self.state,
+            ended=self.ended,
+            end_reason=self.end_reason,
+            chunks=self.next_chunk,
+            effective_fps=self._effective_fps(),
+            gen_ms=list(self.gen_ms),
+            viewers=self.pollers,
+        )
 
     def _effective_fps(self) -> float:
         t = self.chunk_times
         if len(t) < 2 or not self.ring:
             return 0.0
-        return (len(t) - 1) * self.ring[-1]["meta"]["frames"] / max(1e-6, t[-1] - t[0])
+        return (len(t) - 1) * self.ring[-1].meta["frames"] / max(1e-6, t[-1] - t[0])
 
     async def touch(self) -> None:
         """A viewer is present (keeps the idle timeout away)."""
         self.last_activity = time.monotonic()
 
-    async def stop(self, reason: str = "deleted") -> dict:
-        """End the session (idempotent); returns once `session_ended` is in the log and the group is back."""
+    async def stop(self, reason: str = "deleted") -> str | None:
+        """End the session (idempotent); returns its end reason once `session_ended` is in the log and the group is back."""
         await self._end(reason)
-        return {"session_id": self.session_id, "end_reason": self.end_reason}
+        return self.end_reason
 
     # ---- ending -------------------------------------------------------------------------
     async def _end(self, reason: str) -> None:
@@ -303,7 +297,7 @@ class SessionActor:
             await asyncio.to_thread(self.session.join, 30.0)
         if not self.ended:
             # The runtime did not report the end (it never started, or its thread is stuck).
-            self._add_message({"type": "event", "data": {"event": "session_ended", "reason": reason}})
+            self._add_message(event_message("session_ended", reason=reason))
         await self._finalize(self.end_reason or reason)
 
     async def _watch(self) -> None:

@@ -18,6 +18,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from deployments.naming import placement_group_name
+
 logger = logging.getLogger(__name__)
 
 
@@ -103,7 +105,7 @@ async def create_shard_group(
         bundle["GPU"] = 1
     if not bundle:
         bundle = {"CPU": 0.01}
-    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=f"helios-group-{group_id}")
+    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=placement_group_name(group_id))
     try:
         await pg.ready()
         workers = [
@@ -146,13 +148,13 @@ def destroy_shard_group(group: ShardGroup) -> None:
     for w in group.workers:
         try:
             ray.kill(w, no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead is fine
-            pass
+        except Exception as exc:  # noqa: BLE001 - never raise while tearing down; say why a rank may linger
+            logger.warning("group %s: killing a shard worker failed: %s", group.group_id, exc)
     if group.pg is not None:
         try:
             remove_placement_group(group.pg)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - as above
+            logger.warning("group %s: removing its placement group failed: %s", group.group_id, exc)
 
 
 class ShardGroupEngine:

@@ -308,7 +308,7 @@ def test_killing_a_shard_worker_ends_only_its_session(served):
     b = served.create(model="helios-tiny", seed=1).json()["session_id"]
     served.wait_active(b)
     reg = served.registry()
-    group_id = ray.get(reg.get_session.remote(b))["group_id"]
+    group_id = ray.get(reg.get_session.remote(b)).group_id
     actor = ray.get_actor(f"helios-session-{b}", namespace="helios")
     # Kill rank 1 of b's group, then make b generate: its next engine call must fail cleanly.
     workers = ray.get(reg.group_workers.remote(group_id))

@@ -75,10 +75,10 @@ def test_deleting_the_app_ends_sessions_and_frees_groups(served, tiny_pipeline_d
         after = 0
         while not ended:
             out = ray.get(actor.wait_messages.remote(after, 10))
-            for item in out["messages"]:
-                after = item["seq"]
-                if item["message"]["data"].get("event") == "session_ended":
-                    ended.append(item["message"]["data"])
+            for item in out.messages:
+                after = item.seq
+                if item.message["data"].get("event") == "session_ended":
+                    ended.append(item.message["data"])
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()

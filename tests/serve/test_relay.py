@@ -84,7 +84,9 @@ def fake_session_class():
         async def touch(self) -> None:
             self.touches = getattr(self, "touches", 0) + 1
 
-        async def wait_chunks(self, after: int, timeout_s: float) -> dict:
+        async def wait_chunks(self, after: int, timeout_s: float):
+            from deployments.protocol import ChunkBatch, ChunkItem
+
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
             while not (self.ring and self.ring[-1]["chunk"] > after) and not self.ended:
@@ -95,13 +97,13 @@ def fake_session_class():
                     await asyncio.wait_for(self._event().wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            return {
-                "chunks": [dict(c) for c in self.ring if c["chunk"] > after],
-                "ended": self.ended,
-                "end_reason": self.end_reason,
-                "oldest": self.ring[0]["chunk"] if self.ring else -1,
-                "latest": self.ring[-1]["chunk"] if self.ring else -1,
-            }
+            return ChunkBatch(
+                chunks=[ChunkItem(**c) for c in self.ring if c["chunk"] > after],
+                ended=self.ended,
+                end_reason=self.end_reason,
+                oldest=self.ring[0]["chunk"] if self.ring else -1,
+                latest=self.ring[-1]["chunk"] if self.ring else -1,
+            )
 
     return FakeSession
 

@@ -39,7 +39,7 @@ def _poll_chunks_until_ended(actor, limit_s: float, touch: bool) -> dict:
     while time.monotonic() < deadline and not out["ended"]:
         if touch:
             ray.get(actor.touch.remote(), timeout=10)
-        out = ray.get(actor.wait_chunks.remote(-1, 0.3), timeout=30)
+        out = vars(ray.get(actor.wait_chunks.remote(-1, 0.3), timeout=30))
     return out
 
 

@@ -1,0 +1,136 @@
+"""What every route group of the front door shares: the replica's handles, auth and session lookup.
+
+Route modules subclass `FrontDoorBase` and `FrontDoor` (deployments/http/ingress.py)
+combines them; the helpers raise the typed errors of `deployments.protocol`, and
+`deployments/http/errors.py` alone turns those into statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import ray
+from fastapi import Request, WebSocket
+
+from deployments.auth import Authenticator, bearer_key, token_matches
+from deployments.config import ServingConfig
+from deployments.metrics import FrontDoorMetrics
+from deployments.naming import NAMESPACE, is_valid_session_id
+from deployments.protocol import (
+    CommandTimeout,
+    SessionEnded,
+    SessionNotFound,
+    SessionQueued,
+    SessionRecord,
+    SessionStatus,
+    Unauthorized,
+    ViewerTokenRejected,
+)
+
+ACTOR_CACHE_SIZE = 4096
+"""Session actor handles a replica keeps before it forgets them all (they are found again by name)."""
+QUEUED_POLL_S = 0.5
+"""How often a reader of a queued session asks the registry whether it was admitted."""
+
+
+class FrontDoorBase:
+    """State of one front-door replica (set by `FrontDoor.__init__`) and the helpers routes share."""
+
+    config: ServingConfig
+    auth: Authenticator
+    registry: Any
+    relay: Any
+    metrics: FrontDoorMetrics
+    web_dir: Path
+    _actors: dict[str, Any]
+
+    # ---- who is asking -----------------------------------------------------------------
+    def _tenant(self, request: Request | WebSocket, *, allow_query: bool = False) -> str | None:
+        key = bearer_key(request.headers.get("authorization"))
+        if key is None and allow_query:
+            key = request.query_params.get("token")
+        return self.auth.tenant_of(key)
+
+    def _require_tenant(self, request: Request) -> str:
+        tenant = self._tenant(request)
+        if tenant is None:
+            has = request.headers.get("authorization")
+            raise Unauthorized(
+                "authorization: wrong API key" if has else "authorization: missing 'Authorization: Bearer <api key>' header"
+            )
+        return tenant
+
+    # ---- which session -----------------------------------------------------------------
+    async def _record(self, sid: str) -> SessionRecord | None:
+        if not is_valid_session_id(sid):
+            return None
+        return await self.registry.get_session.remote(sid)
+
+    async def _owned(self, request: Request, sid: str) -> SessionRecord:
+        """The record of a session owned by the caller's tenant (401 bad key, 404 unknown or foreign)."""
+        tenant = self._require_tenant(request)
+        rec = await self._record(sid)
+        if rec is None or rec.tenant != tenant:
+            raise SessionNotFound(f"session_id: no session {sid!r}")
+        return rec
+
+    async def _readable(self, request: Request | WebSocket, sid: str) -> tuple[SessionRecord, bool]:
+        """(record, is_owner) for read-only routes: API key of the owner or the session's viewer token."""
+        tenant = self._tenant(request, allow_query=True)
+        token = request.query_params.get("token")
+        if tenant is None and not token and not request.headers.get("authorization"):
+            raise Unauthorized("authorization: send 'Authorization: Bearer <api key>' or ?token=<viewer token>")
+        rec = await self._record(sid)
+        if rec is None:
+            raise SessionNotFound(f"session_id: no session {sid!r}")
+        if tenant is not None:
+            if rec.tenant != tenant:
+                raise SessionNotFound(f"session_id: no session {sid!r}")
+            return rec, True
+        if token_matches(token, rec.viewer_token):
+            return rec, False
+        raise ViewerTokenRejected("token: wrong API key or viewer token")
+
+    def _actor(self, actor_name: str) -> Any | None:
+        """The session actor's handle, or None once it is gone."""
+        handle = self._actors.get(actor_name)
+        if handle is None:
+            try:
+                handle = ray.get_actor(actor_name, namespace=NAMESPACE)
+            except ValueError:
+                return None
+            if len(self._actors) > ACTOR_CACHE_SIZE:
+                self._actors.clear()
+            self._actors[actor_name] = handle
+        return handle
+
+    async def _wait_active(self, rec: SessionRecord) -> SessionRecord:
+        """Hold a reader of a queued session until it is admitted (or ends)."""
+        while rec.status is SessionStatus.QUEUED:
+            await asyncio.sleep(QUEUED_POLL_S)
+            fresh = await self._record(rec.session_id)
+            if fresh is None:
+                rec.end("ended")
+            else:
+                rec = fresh
+        return rec
+
+    # ---- commands (HTTP and WebSocket) ---------------------------------------------------
+    async def _run_command(self, rec: SessionRecord, cmd: dict) -> dict:
+        """The ack data of `cmd` run by the session (refusals are acks too; a gone session raises)."""
+        if rec.status is SessionStatus.QUEUED:
+            raise SessionQueued(
+                f"session_id: session is queued (position {rec.position}); commands wait until it is active", position=rec.position
+            )
+        actor = self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
+        if actor is None:
+            raise SessionEnded(f"session_id: session has ended ({rec.end_reason})", end_reason=rec.end_reason)
+        timeout = self.config.command_timeout_s
+        try:
+            return await asyncio.wait_for(actor.command.remote(cmd, timeout), timeout + 5)
+        except TimeoutError:
+            raise CommandTimeout(f"command: no ack within {timeout:.0f}s") from None
+        except ray.exceptions.RayActorError:
+            raise SessionEnded("session_id: session has ended") from None

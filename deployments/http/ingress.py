@@ -1,0 +1,56 @@
+"""The FastAPI app and `FrontDoor`, the stateless Serve ingress that serves it.
+
+Every piece of state lives elsewhere (sessions in their actors, admission in the
+registry), so replicas can restart or scale without dropping a session. The routes live
+in one module per job; this one only assembles them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from deployments.auth import Authenticator
+from deployments.config import ServingConfig
+from deployments.http import routes_ops, routes_sessions, routes_streams
+from deployments.http.errors import install_error_handlers
+from deployments.http.middleware import BodyLimit
+from deployments.metrics import FrontDoorMetrics
+from deployments.registry import get_or_create_registry
+
+REPO_WEB = Path(__file__).resolve().parents[2] / "web"
+
+
+def _replica_body_limit() -> int:
+    """`max_body_bytes` of the serving replica's config (read per request, never copied to a global)."""
+    return serve.get_replica_context().servable_object.config.max_body_bytes
+
+
+app = FastAPI(
+    title="Helios Serve",
+    version="0.1.0",
+    description="Real-time, controllable Helios video streams for many tenants. Auth: `Authorization: Bearer <api key>`.",
+)
+install_error_handlers(app)
+app.add_middleware(BodyLimit, limit_of=_replica_body_limit)
+for _routes in (routes_sessions, routes_streams, routes_ops):
+    app.include_router(_routes.router)
+
+
+@serve.deployment
+@serve.ingress(app)
+class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, routes_ops.OpsRoutes):
+    """HTTP API of docs/http-api.md."""
+
+    def __init__(self, config: ServingConfig, relay: Any):
+        self.config = config
+        self.auth = Authenticator(config.key_table())
+        self.relay = relay
+        self.metrics = FrontDoorMetrics()
+        self.registry = get_or_create_registry(config)
+        self.registry.ready.remote(watch_app=True)
+        self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
+        self._actors = {}

@@ -1,0 +1,78 @@
+"""Operations routes: models offered, health, Prometheus metrics, and the player page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from deployments.http.base import FrontDoorBase
+from deployments.http.schemas import Health, ModelInfo
+from deployments.naming import session_actor_name
+from deployments.protocol import NotFound, RegistryStats, SessionStats
+
+logger = logging.getLogger(__name__)
+
+OPS_TIMEOUT_S = 5.0
+"""Longest wait for the registry (healthz) or the relay (metrics)."""
+METRICS_SESSIONS = 200
+"""Active sessions whose actors /metrics asks for their numbers."""
+
+router = APIRouter()
+
+
+class OpsRoutes(FrontDoorBase):
+    """GET /v1/models, /healthz, /metrics, / and /static/..."""
+
+    @router.get("/v1/models", response_model=list[ModelInfo])
+    async def models(self) -> list[ModelInfo]:
+        """Models a session can ask for, with free capacity."""
+        stats: RegistryStats = await self.registry.stats.remote()
+        return [
+            ModelInfo(name=n, kind=s.kind, tp_size=s.tp_size, pool_size=s.pool_size, device=s.device, description=s.description,
+                      free=stats["models"][n]["free"], queued=stats["models"][n]["queued"])
+            for n, s in self.config.models.items()
+        ]
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz(self) -> JSONResponse:
+        """'ok' when the registry answers and every model has or is building capacity."""
+        try:
+            stats: RegistryStats = await asyncio.wait_for(self.registry.stats.remote(), timeout=OPS_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            return JSONResponse({"status": "degraded", "models": {}, "detail": f"registry: {exc}"}, status_code=503)
+        models = stats["models"]
+        ok = all(m["free"] + m["leased"] + m["building"] > 0 for m in models.values()) and not stats["shutting_down"]
+        return JSONResponse(Health(status="ok" if ok else "degraded", models=models).model_dump(), status_code=200 if ok else 503)
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> Response:
+        """Prometheus text format."""
+        stats: RegistryStats = await self.registry.stats.remote()
+        active = [sid for sid, s in stats["sessions"].items() if s["status"] == "active"][:METRICS_SESSIONS]
+        calls = [actor.info.remote() for sid in active if (actor := self._actor(session_actor_name(sid))) is not None]
+        results = await asyncio.gather(*calls, return_exceptions=True)  # a session that just ended is left out
+        try:
+            self.metrics.observe_relay(await asyncio.wait_for(self.relay.stats.remote(), timeout=OPS_TIMEOUT_S))
+        except Exception as exc:  # noqa: BLE001 - metrics must render without the relay
+            logger.info("relay stats unavailable: %s", exc)
+        text = self.metrics.render(stats, [r for r in results if isinstance(r, SessionStats)])
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    @router.get("/", include_in_schema=False)
+    async def index(self) -> Response:
+        page = self.web_dir / "index.html"
+        if not page.is_file():
+            raise NotFound("path: no player page installed (web/index.html); the API is documented at /docs")
+        return FileResponse(page, media_type="text/html")
+
+    @router.get("/static/{path:path}", include_in_schema=False)
+    async def static(self, path: str) -> Response:
+        root = self.web_dir.resolve()
+        target = (root / path).resolve()
+        if root not in target.parents or not target.is_file():
+            raise NotFound(f"path: no static file {path!r}")
+        return FileResponse(target)

@@ -1,0 +1,118 @@
+"""Session routes: create (admission), read, delete, and run a command."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import ray
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from deployments.http.base import FrontDoorBase
+from deployments.http.schemas import Ack, CommandRequest, CreateSessionRequest, SessionCreated, SessionDeleted, SessionInfo, SessionUrls
+from deployments.protocol import Admission, BadCommand, SessionRecord, SessionStartFailed, SessionStats, SessionStatus, UnknownModel
+
+INFO_TIMEOUT_S = 10.0
+"""Longest wait for a session actor's `info` in GET /v1/sessions/{id}."""
+
+router = APIRouter()
+
+
+def session_urls(sid: str, token: str) -> SessionUrls:
+    """Root-relative URLs of a session; the read-only ones carry the viewer token."""
+    base = f"/v1/sessions/{sid}"
+    q = f"token={token}"
+    return SessionUrls(
+        self=base,
+        commands=f"{base}/commands",
+        events=f"{base}/events?{q}",
+        ws=f"{base}/ws",
+        stream_mp4=f"{base}/stream?format=mp4&{q}",
+        stream_mjpeg=f"{base}/stream?format=mjpeg&{q}",
+        stream_msgpack=f"{base}/stream?format=msgpack&{q}",
+        recording=f"{base}/recording.mp4?{q}",
+        player=f"/?session={sid}&{q}",
+    )
+
+
+def session_info(rec: SessionRecord, state: dict | None = None, owner: bool = True) -> SessionInfo:
+    """GET /v1/sessions/{id} body; the viewer token only for the owner."""
+    return SessionInfo(
+        session_id=rec.session_id,
+        status=rec.status.value,
+        position=rec.position,
+        model=rec.model,
+        state=state or {},
+        end_reason=rec.end_reason,
+        viewer_token=rec.viewer_token if owner else None,
+        urls=session_urls(rec.session_id, rec.viewer_token),
+    )
+
+
+class SessionRoutes(FrontDoorBase):
+    """POST/GET/DELETE /v1/sessions[/{id}] and POST /v1/sessions/{id}/commands."""
+
+    @router.post(
+        "/v1/sessions",
+        status_code=201,
+        response_model=SessionCreated,
+        responses={202: {"model": SessionCreated, "description": "Queued"}, 429: {"description": "No capacity or over quota"}},
+    )
+    async def create_session(self, request: Request, body: CreateSessionRequest) -> Response:
+        """Admit a session: 201 active, 202 queued (poll GET until active), 429 full or over quota."""
+        tenant = self._require_tenant(request)
+        model = body.model or self.config.default_model
+        if model not in self.config.models:
+            raise UnknownModel(f"model: {model!r} is not offered; choose one of {sorted(self.config.models)}")
+        try:
+            admission: Admission = await self.registry.create_session.remote(tenant, model, body.seed)
+        except SessionStartFailed:
+            self.metrics.errors.labels("session").inc()
+            raise
+        rec = admission.session
+        created = SessionCreated(
+            session_id=rec.session_id,
+            status=admission.status.value,
+            position=admission.position,
+            model=model,
+            viewer_token=rec.viewer_token,
+            urls=session_urls(rec.session_id, rec.viewer_token),
+        )
+        if admission.status is SessionStatus.QUEUED:
+            return JSONResponse(created.model_dump(), status_code=202, headers={"Retry-After": str(self.config.retry_after_s)})
+        return JSONResponse(created.model_dump(), status_code=201)
+
+    @router.get("/v1/sessions/{session_id}", response_model=SessionInfo)
+    async def get_session(self, request: Request, session_id: str) -> SessionInfo:
+        """Status, queue position, last state and end reason."""
+        rec, owner = await self._readable(request, session_id)
+        state = {}
+        if rec.status is SessionStatus.ACTIVE:
+            actor = self._actor(rec.actor_name)
+            if actor is not None:
+                try:
+                    info: SessionStats = await asyncio.wait_for(actor.info.remote(), timeout=INFO_TIMEOUT_S)
+                    state = info.state or {}
+                    if info.ended:
+                        # The actor knows first; the registry hears of the end a moment later.
+                        rec = replace(rec, status=SessionStatus.ENDED, end_reason=info.end_reason)
+                except (ray.exceptions.RayActorError, TimeoutError):  # ended between the two calls
+                    rec = await self._record(session_id) or rec
+        return session_info(rec, state, owner)
+
+    @router.delete("/v1/sessions/{session_id}", response_model=SessionDeleted)
+    async def delete_session(self, request: Request, session_id: str) -> SessionDeleted:
+        """End the session (session_ended {reason: 'deleted'}) and free its shard group."""
+        rec = await self._owned(request, session_id)
+        out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
+        return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
+
+    @router.post("/v1/sessions/{session_id}/commands", response_model=Ack, responses={422: {"description": "Command refused"}})
+    async def command(self, request: Request, session_id: str, body: CommandRequest) -> Response:
+        """Run a command; 200 with the ack when ok, 422 with the ack when refused."""
+        rec = await self._owned(request, session_id)
+        ack = await self._run_command(rec, body.model_dump())
+        if not ack.get("ok"):
+            raise BadCommand(ack.get("error") or "command refused", ack=ack)
+        return JSONResponse(Ack(**ack).model_dump())

@@ -1,0 +1,210 @@
+"""Streaming routes: protocol messages (SSE, WebSocket), live video and the recording.
+
+Video comes from the relay; its first item is read before the response starts, so an
+early failure (unknown session, bad `from`) becomes a proper HTTP error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import ray
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from deployments.http.base import FrontDoorBase
+from deployments.http.errors import field_of, ws_close_code
+from deployments.http.schemas import CommandRequest
+from deployments.protocol import (
+    InvalidField,
+    MessageBatch,
+    RecordingNotFound,
+    RelayUnavailable,
+    ServeError,
+    SessionRecord,
+    SessionStatus,
+    StreamEnded,
+    cause_of,
+)
+from helios.media.formats import FORMATS, media_type
+from helios.media.skipforward import skip_forward
+from helios.runtime.messages import Message, ack_message, event_message
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 10.0
+"""Long-poll window of SSE/WS against the session actor (a keep-alive goes out after each empty one)."""
+STREAM_MEDIA = {fmt: media_type(fmt) for fmt in FORMATS}
+
+router = APIRouter()
+
+
+def _sse(seq: int, message: Message) -> bytes:
+    return f"id: {seq}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+
+
+def _maybe_id(text: str) -> str | None:
+    """The `id` of a WebSocket frame that failed validation, when it has a usable one."""
+    try:
+        value = json.loads(text).get("id")
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _relay_failed(what: str, exc: BaseException) -> ServeError:
+    """A typed error the relay raised as it is, anything else as the relay being unavailable."""
+    cause = cause_of(exc)
+    if isinstance(cause, ServeError):
+        return cause
+    text = str(cause).splitlines()[-1] if str(cause) else ""
+    return RelayUnavailable(f"{what}: relay failed ({type(cause).__name__}: {text})", field=what)
+
+
+class StreamRoutes(FrontDoorBase):
+    """GET .../events (SSE), WS .../ws, GET .../stream, GET .../recording.mp4."""
+
+    async def _messages(self, rec: SessionRecord, after: int) -> AsyncIterator[tuple[int, Message] | None]:
+        """Protocol messages after `after` until session_ended; None items are keep-alive ticks."""
+        actor = self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
+        while actor is not None:
+            try:
+                out: MessageBatch = await actor.wait_messages.remote(after, POLL_S)
+            except ray.exceptions.RayActorError:
+                break
+            if not out.messages:
+                if out.complete:
+                    return
+                yield None
+            for item in out.messages:
+                after = item.seq
+                yield after, item.message
+                if item.message.get("data", {}).get("event") == "session_ended":
+                    return
+        # Actor gone (or the session ended before it started): say so, once.
+        fresh = await self._record(rec.session_id) or rec
+        yield after + 1, event_message("session_ended", reason=fresh.end_reason or "ended")
+
+    @router.get("/v1/sessions/{session_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(self, request: Request, session_id: str, after: int = Query(0, ge=0)) -> StreamingResponse:
+        """Server-sent events: one protocol message per `data:` line; resumes after `Last-Event-ID`."""
+        rec, _ = await self._readable(request, session_id)
+        last = request.headers.get("last-event-id")
+        if last is not None:
+            if not last.strip().isdigit():
+                raise InvalidField("Last-Event-ID: must be a non-negative integer", field="Last-Event-ID")
+            after = max(after, int(last))
+        rec = await self._wait_active(rec)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for item in self._messages(rec, after):
+                yield b": keep-alive\n\n" if item is None else _sse(*item)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @router.websocket("/v1/sessions/{session_id}/ws")
+    async def ws(self, websocket: WebSocket, session_id: str) -> None:
+        """Command objects in (JSON text frames), protocol messages out (acks included). Viewer tokens are read-only."""
+        try:
+            rec, owner = await self._readable(websocket, session_id)
+        except ServeError as exc:
+            await websocket.close(code=ws_close_code(exc), reason=exc.detail[:120])
+            return
+        await websocket.accept()
+        rec = await self._wait_active(rec)
+        raw_after = websocket.query_params.get("after", "0") or "0"
+        after = int(raw_after) if raw_after.isdigit() else 0
+
+        async def send(message: Message) -> None:
+            await websocket.send_text(json.dumps(message))
+
+        async def pump_out() -> None:
+            async for item in self._messages(rec, after):
+                if item is not None:
+                    await send(item[1])
+            await websocket.close(code=1000, reason="session ended")
+
+        async def pump_in() -> None:
+            while True:
+                text = await websocket.receive_text()
+                try:
+                    cmd = CommandRequest.model_validate_json(text).model_dump()
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    await send(ack_message(_maybe_id(text), False, f"{field_of(err.get('loc', ())) or 'message'}: {err.get('msg')}"))
+                    continue
+                if not owner:
+                    await send(ack_message(cmd.get("id"), False, "token: a viewer token is read-only; use an API key to send commands"))
+                    continue
+                try:
+                    await self._run_command(rec, cmd)  # the ack itself arrives through the message log
+                except ServeError as exc:
+                    await send(ack_message(cmd.get("id"), False, exc.detail))
+
+        tasks = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except WebSocketDisconnect:
+            pass  # the client left: nothing to answer
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    @router.get("/v1/sessions/{session_id}/stream", responses={200: {"content": {v: {} for v in STREAM_MEDIA.values()}}})
+    async def stream(
+        self,
+        request: Request,
+        session_id: str,
+        format: str = Query("mp4", description="mjpeg | mp4 | msgpack"),
+        from_: int | None = Query(None, alias="from", ge=0, description="First chunk (default: the live edge)"),
+    ) -> StreamingResponse:
+        """Live video for any number of viewers, fanned out by the relay."""
+        if format not in STREAM_MEDIA:
+            raise InvalidField(f"format: {format!r} is not one of {sorted(STREAM_MEDIA)}", field="format")
+        rec, _ = await self._readable(request, session_id)
+        if rec.status is SessionStatus.ENDED and self._actor(rec.actor_name) is None:
+            raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
+        rec = await self._wait_active(rec)
+        gen = self.relay.options(stream=True).stream.remote(session_id, format, from_)
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            raise StreamEnded("session_id: session has ended") from None
+        except Exception as exc:  # noqa: BLE001 - early relay failure → a typed HTTP error, not a broken stream
+            self.metrics.errors.labels("stream").inc()
+            raise _relay_failed("stream", exc) from None
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield first
+            async for piece in gen:
+                yield piece
+
+        async def body() -> AsyncIterator[bytes]:
+            # Bounded buffering per viewer: a slow client is skipped forward, never slows the others.
+            try:
+                async for piece in skip_forward(pieces(), format):
+                    yield bytes(piece)
+            except Exception as exc:  # noqa: BLE001 - the viewer sees the stream end; log why
+                self.metrics.errors.labels("stream").inc()
+                logger.warning("stream of %s ended with %s", session_id, exc)
+            finally:
+                gen.cancel()
+
+        return StreamingResponse(body(), media_type=STREAM_MEDIA[format], headers={"Cache-Control": "no-cache"})
+
+    @router.get("/v1/sessions/{session_id}/recording.mp4", responses={200: {"content": {"video/mp4": {}}}})
+    async def recording(self, request: Request, session_id: str) -> Response:
+        """The session's recording so far (complete once the session has ended)."""
+        await self._readable(request, session_id)
+        try:
+            path = await self.relay.recording_path.remote(session_id)
+        except Exception as exc:  # noqa: BLE001 - a typed relay error keeps its status, anything else is a 503
+            raise _relay_failed("recording", exc) from None
+        if not path or not Path(path).is_file():
+            raise RecordingNotFound(f"recording: no recording for session {session_id!r} yet")
+        return FileResponse(path, media_type="video/mp4", filename=f"{session_id}.mp4")

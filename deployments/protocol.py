@@ -1,0 +1,299 @@
+"""Everything that crosses a process boundary between front door, registry, session actors and relay.
+
+Results are dataclasses (pickled by Ray as they are), failures are the typed exceptions
+below: an actor raises one, Ray carries it to the caller wrapped in a `RayTaskError`,
+`cause_of` unwraps it, and `deployments/http/errors.py` turns it into an HTTP status by
+its type. Protocol messages to clients (`state`, `event`, `ack`) stay the plain JSON
+dicts of `helios.runtime.messages`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field as dc_field, replace
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from ray.exceptions import RayTaskError
+
+Message = dict[str, Any]
+"""A protocol message (`{"type": "state"|"event"|"ack", "data": {...}}`)."""
+
+
+class SessionStatus(StrEnum):
+    """Where a session is in its life; `STARTING` is registry-internal and shown as `ACTIVE`."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+# ---- results ------------------------------------------------------------------------------
+@dataclass
+class SessionRecord:
+    """What the registry knows about one session (the registry's copy is the truth)."""
+
+    session_id: str
+    tenant: str
+    model: str
+    viewer_token: str
+    seed: int | None
+    actor_name: str
+    status: SessionStatus = SessionStatus.QUEUED
+    created_at: float = dc_field(default_factory=time.time)
+    ended_at: float | None = None
+    end_reason: str | None = None
+    group_id: str | None = None
+    position: int | None = None
+    """Place in the model's queue (1 = next) in copies handed out while queued."""
+
+    def end(self, reason: str | None) -> None:
+        """Mark ended; the first reason given wins (a later, vaguer one never overwrites it)."""
+        self.status = SessionStatus.ENDED
+        self.ended_at = time.time()
+        self.end_reason = self.end_reason or reason or "ended"
+
+    def public(self, position: int | None = None) -> "SessionRecord":
+        """The copy callers see: `STARTING` reads as `ACTIVE`, with the queue position."""
+        status = SessionStatus.ACTIVE if self.status is SessionStatus.STARTING else self.status
+        return replace(self, status=status, position=position)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A session the registry accepted: `ACTIVE` (201) or `QUEUED` with a position (202)."""
+
+    status: SessionStatus
+    session: SessionRecord
+    position: int | None = None
+
+
+@dataclass(frozen=True)
+class ChunkItem:
+    """One finished chunk: its frames as an object ref (kept in a list so Ray passes it as a ref)."""
+
+    chunk: int
+    refs: list[Any]
+    meta: dict[str, Any]
+    """chunk, model_chunk, first_frame, frames, height, width, fps, prompt, produced_at."""
+
+
+@dataclass(frozen=True)
+class ChunkBatch:
+    """Answer of `SessionActor.wait_chunks`: the ring's chunks after the caller's last one."""
+
+    chunks: list[ChunkItem]
+    ended: bool
+    end_reason: str | None
+    oldest: int
+    latest: int
+
+
+@dataclass(frozen=True)
+class LoggedMessage:
+    """A protocol message with its sequence number in the session's log (the SSE event id)."""
+
+    seq: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class MessageBatch:
+    """Answer of `SessionActor.wait_messages`."""
+
+    messages: list[LoggedMessage]
+    lost: int
+    """Messages already dropped from the bounded log before the caller read them."""
+    ended: bool
+    complete: bool
+    """True once `session_ended` is in the log (or the actor finished without one): stop polling."""
+    end_reason: str | None
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """Answer of `SessionActor.info`: GET /v1/sessions/{id} and /metrics."""
+
+    session_id: str
+    tenant: str
+    model: str
+    state: dict[str, Any]
+    ended: bool
+    end_reason: str | None
+    chunks: int
+    effective_fps: float
+    gen_ms: list[float]
+    viewers: int
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """Answer of `SessionActor.start`."""
+
+    session_id: str
+    geometry: dict[str, Any]
+
+
+class PoolStats(TypedDict):
+    """One model's slots in `RegistryStats` (a dict: it is rendered as JSON by /healthz)."""
+
+    free: int
+    leased: int
+    building: int
+    queued: int
+    failed_builds: int
+    last_error: str | None
+
+
+class RegistryStats(TypedDict):
+    """Answer of `SessionRegistry.stats` (/metrics, /healthz, /v1/models)."""
+
+    tenants: dict[str, dict[str, int]]
+    models: dict[str, PoolStats]
+    sessions: dict[str, dict[str, str]]
+    counters: dict[str, int]
+    shutting_down: bool
+
+
+# ---- failures -------------------------------------------------------------------------------
+class ServeError(Exception):
+    """A failure a client is told about: `detail` is the message, naming `field`.
+
+    Attributes other than `detail` are keyword arguments declared on the class (`field`
+    included, to override its default), so an instance pickles through Ray as
+    `(type, (detail,), __dict__)` with nothing lost.
+    """
+
+    field: str = "request"
+    retry_after_s: float | None = None
+
+    def __init__(self, detail: str, **attrs: Any):
+        super().__init__(detail)
+        self.detail = detail
+        for name, value in attrs.items():
+            if not hasattr(type(self), name):
+                raise TypeError(f"{type(self).__name__} has no attribute {name!r}")
+            setattr(self, name, value)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class InvalidField(ServeError, ValueError):
+    """A request field has a bad value (a ValueError, as any bad input); pass `field=`."""
+
+
+class UnknownModel(InvalidField):
+    """The session asks for a model the server does not offer."""
+
+    field = "model"
+
+
+class BadCommand(ServeError):
+    """The session refused a command; `ack` is its refusal, returned with the error."""
+
+    field = "command"
+    ack: dict[str, Any] | None = None
+
+
+class Unauthorized(ServeError):
+    """Missing or wrong API key or viewer token."""
+
+    field = "authorization"
+
+
+class ViewerTokenRejected(Unauthorized):
+    """A token that is neither the owner's API key nor the session's viewer token."""
+
+    field = "token"
+
+
+class NotFound(ServeError):
+    """A resource the request names does not exist."""
+
+    field = "path"
+
+
+class SessionNotFound(NotFound, ValueError):
+    """No such session (or not the caller's); a ValueError too: the id given is bad input."""
+
+    field = "session_id"
+
+
+class RecordingNotFound(NotFound):
+    """The session has no recording (yet)."""
+
+    field = "recording"
+
+
+class SessionQueued(ServeError):
+    """The session still waits for a shard group: commands wait until it is active."""
+
+    field = "session_id"
+    position: int | None = None
+
+
+class SessionEnded(ServeError):
+    """The session has ended: it takes no more commands."""
+
+    field = "session_id"
+    end_reason: str | None = None
+
+
+class StreamEnded(SessionEnded):
+    """The session ended before the stream began (its recording is what remains)."""
+
+
+class QuotaExceeded(ServeError):
+    """The tenant already holds as many sessions as its quota allows."""
+
+    field = "tenant"
+
+
+class NoCapacity(ServeError):
+    """Every shard group of the model is busy and its queue is full."""
+
+    field = "model"
+
+
+class ShuttingDown(ServeError):
+    """The server is shutting down and admits no session."""
+
+    field = "server"
+
+
+class SessionStartFailed(ServeError):
+    """The model could not start on its shard group (the group is rebuilt)."""
+
+    field = "session"
+
+
+class RelayUnavailable(ServeError):
+    """The relay is not deployed or failed before the stream's first byte."""
+
+    field = "stream"
+
+
+class CommandTimeout(ServeError):
+    """The session did not acknowledge a command in time."""
+
+    field = "command"
+
+
+class BodyTooLarge(ServeError):
+    """A request body over `max_body_bytes`."""
+
+    field = "body"
+
+
+def cause_of(exc: BaseException) -> BaseException:
+    """The exception an actor raised, unwrapped from Ray's `RayTaskError` (however deeply nested).
+
+    Ray re-raises actor exceptions as a `RayTaskError` subclass of the cause's class, so an
+    `except SessionNotFound` catches it, but its attributes are not the cause's: read
+    them from what this returns.
+    """
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc

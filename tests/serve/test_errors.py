@@ -1,0 +1,162 @@
+"""The error mapping of the front door: each typed exception -> its status and a JSON body naming the field.
+
+Pure tests (no Ray cluster): the handlers run in a small FastAPI app under TestClient,
+and Ray's wrapping of an actor's exception is built the way Ray builds it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from ray.exceptions import RayTaskError
+
+from deployments import protocol
+from deployments.http.errors import error_response, install_error_handlers, status_of, ws_close_code
+from deployments.http.middleware import BodyLimit
+from deployments.protocol import (
+    BadCommand,
+    BodyTooLarge,
+    CommandTimeout,
+    InvalidField,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    RecordingNotFound,
+    RelayUnavailable,
+    ServeError,
+    SessionEnded,
+    SessionNotFound,
+    SessionQueued,
+    SessionStartFailed,
+    ShuttingDown,
+    StreamEnded,
+    Unauthorized,
+    UnknownModel,
+    ViewerTokenRejected,
+    cause_of,
+)
+
+CASES = [
+    (InvalidField("format: 'flv' is not one of ['mjpeg', 'mp4', 'msgpack']", field="format"), 422, "format"),
+    (UnknownModel("model: 'x' is not offered; choose one of ['helios-tiny']"), 422, "model"),
+    (BadCommand("args.prompt: Field required", ack={"id": "c1", "ok": False, "error": "args.prompt: Field required", "result": None}),
+     422, "command"),
+    (Unauthorized("authorization: wrong API key"), 401, "authorization"),
+    (ViewerTokenRejected("token: wrong API key or viewer token"), 401, "token"),
+    (SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
+    (RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
+    (NotFound("path: no static file 'x.js'"), 404, "path"),
+    (SessionQueued("session_id: session is queued (position 2)", position=2), 409, "session_id"),
+    (SessionEnded("session_id: session has ended (deleted)", end_reason="deleted"), 409, "session_id"),
+    (StreamEnded("session_id: session has ended (deleted); see recording.mp4"), 410, "session_id"),
+    (BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
+    (QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
+    (NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
+    (ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
+    (SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
+    (RelayUnavailable("stream: relay failed (RuntimeError: x)"), 503, "stream"),
+    (CommandTimeout("command: no ack within 30s"), 504, "command"),
+]
+
+
+class Body(BaseModel):
+    seed: int
+
+
+def _app() -> FastAPI:
+    """An app whose one route raises the error it is told to (by index into CASES)."""
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit_of=lambda: 1024)
+
+    @app.get("/raise/{i}")
+    async def raise_case(i: int, wrapped: bool = False):
+        exc = CASES[i][0]
+        if wrapped:  # as an actor's exception reaches the caller
+            raise RayTaskError("actor_method", "Traceback ...", exc).as_instanceof_cause()
+        raise exc
+
+    @app.post("/body")
+    async def body(b: Body):
+        return {"seed": b.seed}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(_app())
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["raised", "ray-wrapped"])
+@pytest.mark.parametrize(("i", "status", "field"), [(i, s, f) for i, (_, s, f) in enumerate(CASES)],
+                         ids=[type(c[0]).__name__ for c in CASES])
+def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status, field, wrapped):
+    exc = CASES[i][0]
+    r = client.get(f"/raise/{i}", params={"wrapped": wrapped})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["field"] == field and body["detail"] == exc.detail
+    if isinstance(exc, BadCommand):  # the session's refusal names the argument; `field` says it was the command
+        assert body["detail"].startswith("args.prompt:")
+        assert body["ack"] == exc.ack and body["ack"]["ok"] is False
+    else:
+        assert field in body["detail"] and "ack" not in body
+    if exc.retry_after_s is not None:
+        assert r.headers["retry-after"] == str(int(exc.retry_after_s))
+    else:
+        assert "retry-after" not in r.headers
+    assert (r.headers.get("www-authenticate") == "Bearer") == (status == 401)
+
+
+def test_every_protocol_error_is_mapped():
+    errors = [c for _, c in inspect.getmembers(protocol, inspect.isclass) if issubclass(c, ServeError) and c is not ServeError]
+    assert {type(c[0]) for c in CASES} == set(errors), "a protocol error without a case here"
+    for cls in errors:
+        assert status_of(cls("x")) < 500 or cls in (ShuttingDown, SessionStartFailed, RelayUnavailable, CommandTimeout), cls
+    assert status_of(ServeError("unmapped")) == 500
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[type(c[0]).__name__ for c in CASES])
+def test_errors_cross_ray_intact(i):
+    exc = CASES[i][0]
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is type(exc) and vars(copy) == vars(exc) and str(copy) == exc.detail
+    wrapped = RayTaskError("m", "tb", copy).as_instanceof_cause()
+    assert isinstance(wrapped, type(exc))  # `except SessionNotFound:` still catches it
+    nested = RayTaskError("outer", "tb", wrapped)
+    assert cause_of(nested) is copy and vars(cause_of(wrapped)) == vars(exc)
+    assert error_response(wrapped).status_code == status_of(exc)
+
+
+def test_bad_input_errors_are_value_errors():
+    """The relay's callers (and its tests) catch bad input as ValueError."""
+    assert issubclass(InvalidField, ValueError) and issubclass(SessionNotFound, ValueError)
+    assert not issubclass(QuotaExceeded, ValueError)
+
+
+def test_unknown_attribute_is_refused():
+    with pytest.raises(TypeError, match="position"):
+        SessionEnded("x", position=3)
+
+
+def test_ws_close_codes():
+    assert ws_close_code(Unauthorized("authorization: x")) == 4401
+    assert ws_close_code(ViewerTokenRejected("token: x")) == 4401
+    assert ws_close_code(SessionNotFound("session_id: x")) == 4404
+
+
+def test_validation_and_body_limit_name_the_field(client):
+    r = client.post("/body", json={"seed": "nope"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("seed:")
+    r = client.post("/body", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
+    r = client.post("/body", content=b'{"seed": 1, "pad": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json() == {"detail": "body: request body over the 1024-byte limit", "field": "body"}
+    assert client.get("/nowhere").status_code == 404 and "detail" in client.get("/nowhere").json()
