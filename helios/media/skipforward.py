@@ -91,12 +91,12 @@ class SkipForward:
         """Stop reading the source (call it when the client goes away: the source is endless)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+            # Let the cancellation reach the source first: closing a generator that is still
+            # suspended inside the pump raises "asynchronous generator is already running".
+            await asyncio.wait([self._task])
         close = getattr(self._source, "aclose", None)
         if close is not None:
-            try:
-                await close()
-            except Exception:  # noqa: BLE001 - the source may already be finished or cancelled
-                pass
+            await close()  # a no-op on a generator the cancellation already finished
 
     def __del__(self) -> None:
         if self._task is not None and not self._task.done():

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from helios.model import HeliosTransformer
+from helios.parallel import GroupLike
 from helios.pipeline.config import ModelPreset, Variant, list_presets, load_preset, tiny_cache_dir
-
-logger = logging.getLogger(__name__)
+from helios.weights import from_pretrained
 
 COMPONENT_FILES = {
     "transformer": ("config.json",),
@@ -78,20 +78,11 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
-def load_transformer(folder: Path, *, tp_group=None, dtype: torch.dtype, device: torch.device):
-    """Our TP-aware transformer; diffusers' single-device one only until helios.model exists."""
-    try:
-        from helios.weights import from_pretrained
-
-        return from_pretrained(folder, tp_group=tp_group, dtype=dtype, device=device).eval()
-    except ImportError as exc:  # the model package is missing or incomplete in this checkout
-        if tp_group is not None:
-            raise ValueError(f"tp_group: tensor parallelism needs helios.model.HeliosTransformer ({exc})") from exc
-        logger.warning("helios.model unavailable (%s); using diffusers' HeliosTransformer3DModel", exc)
-    from diffusers import HeliosTransformer3DModel
-
-    model = HeliosTransformer3DModel.from_pretrained(folder, dtype=dtype).to(device)
-    return model.eval()
+def load_transformer(
+    folder: Path, *, tp_group: GroupLike = None, dtype: torch.dtype, device: torch.device
+) -> HeliosTransformer:
+    """Our TP-aware transformer (this rank's shard), in eval mode."""
+    return from_pretrained(folder, tp_group=tp_group, dtype=dtype, device=device).eval()
 
 
 def load_text_stack(folder: Path, *, dtype: torch.dtype, device: torch.device):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from helios.model import HeliosTransformer
 from helios.pipeline.config import StreamConfig
 from helios.pipeline.history import HistoryViews
 from helios.pipeline.noise import sample_block_noise
@@ -36,7 +37,7 @@ class Conditioning:
 class PyramidSampler:
     """Runs the pyramid schedule of one chunk with a diffusers Helios scheduler (DMD or UniPC)."""
 
-    def __init__(self, transformer, scheduler, config: StreamConfig, *, patch_size: tuple[int, int, int],
+    def __init__(self, transformer: HeliosTransformer, scheduler, config: StreamConfig, *, patch_size: tuple[int, int, int],
                  dtype: torch.dtype, device: torch.device):
         self.transformer = transformer
         self.scheduler = scheduler
@@ -108,9 +109,9 @@ class PyramidSampler:
                     latents_history_mid=history_mid,
                     latents_history_long=history_long,
                 )
-                pred = _forward(self.transformer, encoder_hidden_states=cond.prompt_embeds, **kwargs)
+                pred = self.transformer(encoder_hidden_states=cond.prompt_embeds, **kwargs)
                 if cfg.do_cfg:
-                    uncond = _forward(self.transformer, encoder_hidden_states=cond.negative_embeds, **kwargs)
+                    uncond = self.transformer(encoder_hidden_states=cond.negative_embeds, **kwargs)
                     pred = self._guide(pred, uncond, stage, i)
                 if self.is_dmd:
                     latents = self.scheduler.step(
@@ -133,12 +134,3 @@ class PyramidSampler:
             return cond * 0.0
         return uncond * scale + cfg.guidance_scale * (cond - uncond * scale)
 
-
-def _forward(transformer, **kwargs) -> torch.Tensor:
-    """Call our transformer or diffusers' and return the prediction tensor either way."""
-    out = transformer(**kwargs)
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out.sample

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from helios.dtypes import resolve_dtype
+from helios.model import HeliosTransformer
+from helios.parallel import GroupLike
 from helios.pipeline import loading
 from helios.pipeline.config import StreamConfig, build_stream_config
 from helios.pipeline.engine import ChunkResult, Transition
@@ -52,7 +54,7 @@ class _Blend:
 class HeliosStreamPipeline:
     """An endless Helios video stream on one device (or one rank of a TP group, SPMD)."""
 
-    def __init__(self, *, transformer, vae, tokenizer, text_encoder, scheduler, config: StreamConfig,
+    def __init__(self, *, transformer: HeliosTransformer, vae, tokenizer, text_encoder, scheduler, config: StreamConfig,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
         self.config = config
         self.device = torch.device(device)
@@ -62,9 +64,7 @@ class HeliosStreamPipeline:
         self.height, self.width = config.height, config.width
         self.frames_per_chunk = config.frames_per_chunk
         self.fps = config.fps
-        tcfg = transformer.config
-        patch = tuple(tcfg.patch_size) if not isinstance(tcfg, dict) else tuple(tcfg["patch_size"])
-        channels = tcfg.in_channels if not isinstance(tcfg, dict) else tcfg["in_channels"]
+        patch, channels = transformer.config.patch_size, transformer.config.in_channels
         spatial = int(vae.config.scale_factor_spatial)
         self.latent_hw = (config.height // spatial, config.width // spatial)
         self.codec = VideoCodec(vae, device=self.device, chunk_latent_frames=config.num_latent_frames_per_chunk)
@@ -91,7 +91,7 @@ class HeliosStreamPipeline:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, tp_group=None, dtype: str | torch.dtype | None = None,
+    def from_pretrained(cls, path: str | Path, *, tp_group: GroupLike = None, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, seed: int = 0, **overrides) -> "HeliosStreamPipeline":
         """Load a diffusers-format Helios folder or a preset name (configs/models/*.yaml).
 

@@ -7,20 +7,15 @@ import logging
 import re
 from collections import OrderedDict
 
+import ftfy  # repairs mojibake the way the reference pipeline does (a declared dependency)
 import torch
 
 logger = logging.getLogger(__name__)
 
-try:  # ftfy repairs mojibake the way the reference pipeline does; optional at import time.
-    import ftfy
-except ImportError:  # pragma: no cover - ftfy is a declared dependency
-    ftfy = None
-
 
 def clean_prompt(text: str) -> str:
     """Normalise a prompt as the reference pipeline does (ftfy, double HTML unescape, single spaces)."""
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 

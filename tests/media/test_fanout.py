@@ -214,3 +214,29 @@ def test_skip_forward_keeps_the_first_and_newest_pieces():
     assert (sf.received, sf.dropped) == (7, 4)
     with pytest.raises(ValueError, match="max_buffered"):
         SkipForward(source(), "msgpack", max_buffered=1)
+
+
+def test_skip_forward_aclose_closes_an_endless_source_while_it_is_being_read():
+    from helios.media.skipforward import SkipForward
+
+    closed = []
+
+    async def endless():
+        try:
+            k = 0
+            while True:
+                await asyncio.sleep(0)  # suspended inside the pump when aclose comes
+                yield framing.pack_end(f"piece {k}")
+                k += 1
+        finally:
+            closed.append(True)
+
+    async def main():
+        sf = SkipForward(endless(), "msgpack", max_buffered=3)
+        async for _ in sf:
+            break
+        await sf.aclose()  # used to hit "asynchronous generator is already running", swallowed
+        return sf, list(closed)  # closed by the time aclose returns, not at loop teardown
+
+    sf, closed_by_aclose = run(main())
+    assert closed_by_aclose == [True] and sf.finished
