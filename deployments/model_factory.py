@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from deployments.config import ModelSpec
 from deployments.shard import ShardGroup, ShardGroupEngine
@@ -30,6 +30,9 @@ class BuiltModel:
 class ModelFactory(Protocol):
     """Builds the model of one session on its leased shard group (None for models without one)."""
 
+    needs_group: ClassVar[bool]
+    """Whether the model's pool holds shard groups (else plain slots, the model runs in the session actor)."""
+
     def __call__(self, group: ShardGroup | None, seed: int) -> BuiltModel: ...
 
 
@@ -37,6 +40,7 @@ class ModelFactory(Protocol):
 class HeliosFactory:
     """`HeliosModel` over the leased group (it resets the engine at chunk 0, so a warm group starts clean)."""
 
+    needs_group: ClassVar[bool] = True
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     def __call__(self, group: ShardGroup | None, seed: int) -> BuiltModel:
@@ -51,6 +55,7 @@ class TestPatternFactory:
     """`TestPatternModel` in the session actor itself (no shard group)."""
 
     __test__ = False  # not a pytest test class
+    needs_group: ClassVar[bool] = False
     options: dict[str, Any] = field(default_factory=dict)
     limits: SessionLimits = field(default_factory=SessionLimits)
 

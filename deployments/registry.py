@@ -1,9 +1,10 @@
-"""The session registry: admission, tenant quotas, the queue and the pools of warm shard groups.
+"""The session registry: admission, tenant quotas, the queue, and the sessions of one app.
 
 A single named, detached asyncio actor, so admission state survives front-door replica
-restarts and every replica sees the same queue. It owns the shard groups (their
-placement groups are scoped to it) and creates each session actor detached with its own
-scheduling strategy, so no replica or placement group captures it.
+restarts and every replica sees the same queue. It owns the pools of shard groups
+(deployments/pools.py; their placement groups are scoped to it) and creates each session
+actor detached with its own scheduling strategy, so no replica or placement group
+captures it.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray import serve
 
-from deployments.config import ServingConfig, resolve_model_path
+from deployments.config import ServingConfig
 from deployments.model_factory import model_factory_for
-from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name, shard_group_id
+from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name
+from deployments.pools import Pools
 from deployments.protocol import (
     Admission,
     NoCapacity,
@@ -36,26 +36,14 @@ from deployments.protocol import (
     cause_of,
 )
 from deployments.session_actor import SessionActor
-from deployments.shard import ShardGroup, create_shard_group, destroy_shard_group
+from deployments.shard import ShardGroup
 
 logger = logging.getLogger(__name__)
 
 ENDED_KEPT = 1000
 """Ended sessions remembered for GET (their end reason)."""
-REBUILD_BACKOFF_S = 5.0
 APP_WATCH_PERIOD_S = 3.0
-
-
-@dataclass
-class _Pool:
-    """The slots of one model: warm shard groups, or plain slots (test-pattern)."""
-
-    free: list[ShardGroup | None] = field(default_factory=list)
-    leased: dict[str, ShardGroup | None] = field(default_factory=dict)  # session id -> slot
-    building: int = 0
-    failed_builds: int = 0
-    model_path: str | None = None
-    last_error: str | None = None
+STOP_TIMEOUT_S = 60.0
 
 
 class SessionRegistry:
@@ -67,12 +55,11 @@ class SessionRegistry:
         self.sessions: dict[str, SessionRecord] = {}
         self.ended: OrderedDict[str, SessionRecord] = OrderedDict()
         self.queues: dict[str, deque[str]] = {m: deque() for m in config.models}
-        self.pools: dict[str, _Pool] = {m: _Pool() for m in config.models}
-        self.counters = {"sessions_created": 0, "sessions_rejected": 0, "sessions_failed": 0, "groups_rebuilt": 0}
-        self._started = False
+        self.counters = {"sessions_created": 0, "sessions_rejected": 0, "sessions_failed": 0}
         self._shutting_down = False
+        self._watching = False
         self._tasks: set[asyncio.Future] = set()
-        self._path_lock = asyncio.Lock()
+        self.pools = Pools(config, self._spawn, self._admit_waiting)
 
     # ---- background --------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -80,70 +67,19 @@ class SessionRegistry:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _ensure_started(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        for name, spec in self.config.models.items():
-            pool = self.pools[name]
-            if spec.kind == "test-pattern":
-                pool.free = [None] * spec.pool_size
-            else:
-                for _ in range(spec.pool_size):
-                    self._spawn(self._build_group(name))
-
-    async def ready(self, watch_app: bool = False) -> dict:
+    async def ready(self, watch_app: bool = False) -> RegistryStats:
         """Start the pools (idempotent); with `watch_app`, end everything once the Serve app is deleted."""
-        self._ensure_started()
-        if watch_app and not getattr(self, "_watching", False):
+        self.pools.start()
+        if watch_app and not self._watching:
             self._watching = True
             self._spawn(self._watch_app())
         return await self.stats()
 
-    async def wait_warm(self, timeout_s: float = 300.0) -> dict:
+    async def wait_warm(self, timeout_s: float = 300.0) -> RegistryStats:
         """Wait until every pool is fully built (tests and benchmarks); returns stats."""
-        self._ensure_started()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(p.building == 0 and len(p.free) + len(p.leased) >= self.config.models[m].pool_size for m, p in self.pools.items()):
-                break
-            await asyncio.sleep(0.2)
+        self.pools.start()
+        await self.pools.wait_warm(timeout_s)
         return await self.stats()
-
-    async def _build_group(self, model: str) -> None:
-        spec = self.config.models[model]
-        pool = self.pools[model]
-        pool.building += 1
-        try:
-            while not self._shutting_down:
-                try:
-                    async with self._path_lock:  # one writer of a preset checkpoint, however many groups build
-                        if pool.model_path is None:
-                            pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
-                    group = await create_shard_group(
-                        shard_group_id(self.config.app_name, model, uuid.uuid4().hex[:8]),
-                        pool.model_path,
-                        tp_size=spec.tp_size,
-                        device=spec.device,
-                        dtype=spec.dtype,
-                        cpus_per_worker=spec.cpus_per_worker,
-                        overrides=spec.pipeline_overrides(),
-                    )
-                except Exception as exc:  # noqa: BLE001 - keep trying: a group is capacity
-                    pool.failed_builds += 1
-                    pool.last_error = f"{type(exc).__name__}: {exc}"
-                    logger.error("building a shard group for %s failed: %s", model, pool.last_error)
-                    await asyncio.sleep(REBUILD_BACKOFF_S)
-                    continue
-                if self._shutting_down:
-                    destroy_shard_group(group)
-                    return
-                logger.info("shard group %s is warm", group.group_id)
-                pool.free.append(group)
-                return
-        finally:
-            pool.building -= 1
-            self._admit_waiting(model)
 
     async def _watch_app(self) -> None:
         """Serve does not stop detached actors: end the sessions ourselves when the app goes away."""
@@ -172,7 +108,7 @@ class SessionRegistry:
         Raises ShuttingDown, UnknownModel, QuotaExceeded, NoCapacity (queue full) or
         SessionStartFailed (the model did not start on its group).
         """
-        self._ensure_started()
+        self.pools.start()
         retry = self.config.retry_after_s
         if self._shutting_down:
             raise ShuttingDown("server: the server is shutting down", retry_after_s=retry)
@@ -184,8 +120,8 @@ class SessionRegistry:
             raise QuotaExceeded(
                 f"tenant {tenant!r} already holds {quota.max_concurrent_sessions} sessions (max_concurrent_sessions)", retry_after_s=retry
             )
-        pool, queue = self.pools[model], self.queues[model]
-        has_free = bool(pool.free) and not queue
+        queue = self.queues[model]
+        has_free = self.pools.has_free(model) and not queue
         if not has_free and len(queue) >= self.config.queue_size:
             self.counters["sessions_rejected"] += 1
             raise NoCapacity(f"model: all {model!r} groups are busy and the queue is full", retry_after_s=retry)
@@ -195,24 +131,25 @@ class SessionRegistry:
         self.counters["sessions_created"] += 1
         if has_free:
             rec.status = SessionStatus.STARTING
-            if not await self._launch(rec, pool.free.pop(0)):
+            if not await self._launch(rec):
                 raise SessionStartFailed(f"session: session could not start: {rec.end_reason}", retry_after_s=retry)
             return Admission(SessionStatus.ACTIVE, rec.public())
         queue.append(sid)
         return Admission(SessionStatus.QUEUED, rec.public(len(queue)), position=len(queue))
 
     def _admit_waiting(self, model: str) -> None:
-        pool, queue = self.pools[model], self.queues[model]
-        while pool.free and queue and not self._shutting_down:
+        """Start queued sessions of `model` while it has free slots."""
+        queue = self.queues[model]
+        while self.pools.has_free(model) and queue and not self._shutting_down:
             rec = self.sessions.get(queue.popleft())
             if rec is None or rec.status is not SessionStatus.QUEUED:
                 continue
             rec.status = SessionStatus.STARTING
-            self._spawn(self._launch(rec, pool.free.pop(0)))
+            self._spawn(self._launch(rec))
 
-    async def _launch(self, rec: SessionRecord, slot: ShardGroup | None) -> bool:
-        """Create the session actor on `slot` and start it; on failure the slot is returned."""
-        self.pools[rec.model].leased[rec.session_id] = slot
+    async def _launch(self, rec: SessionRecord) -> bool:
+        """Lease a slot, create the session actor on it and start it; on failure the slot is returned."""
+        slot: ShardGroup | None = self.pools.lease(rec.model, rec.session_id)
         rec.group_id = slot.group_id if slot is not None else None
         cfg = self.config
         spec = cfg.models[rec.model]
@@ -274,20 +211,7 @@ class SessionRegistry:
             return
         rec.end(reason)
         self._remember(rec)
-        pool = self.pools[rec.model]
-        if session_id in pool.leased:
-            slot = pool.leased.pop(session_id)
-            if broken and slot is not None:
-                logger.warning("group %s is broken (%s): rebuilding it", slot.group_id, broken)
-                destroy_shard_group(slot)
-                self.counters["groups_rebuilt"] += 1
-                if not self._shutting_down:
-                    self._spawn(self._build_group(rec.model))
-            elif self._shutting_down:
-                if slot is not None:
-                    destroy_shard_group(slot)
-            else:
-                pool.free.append(slot)
+        self.pools.release(rec.model, session_id, broken)
         self._admit_waiting(rec.model)
 
     def _remember(self, rec: SessionRecord) -> None:
@@ -318,7 +242,7 @@ class SessionRegistry:
             return rec.public()
         try:
             actor = ray.get_actor(rec.actor_name, namespace=NAMESPACE)
-            await asyncio.wait_for(actor.stop.remote(reason), timeout=60)
+            await asyncio.wait_for(actor.stop.remote(reason), timeout=STOP_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a dead actor cannot report: end it here
             logger.warning("stopping session %s: %s", session_id, exc)
             await self.session_finished(session_id, reason, None)
@@ -327,11 +251,7 @@ class SessionRegistry:
 
     async def group_workers(self, group_id: str) -> list:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""
-        for pool in self.pools.values():
-            for slot in list(pool.free) + list(pool.leased.values()):
-                if slot is not None and slot.group_id == group_id:
-                    return list(slot.workers)
-        raise ValueError(f"group_id {group_id!r}: no such shard group")
+        return self.pools.group_workers(group_id)
 
     async def stats(self) -> RegistryStats:
         """Counts for /metrics and /healthz."""
@@ -339,28 +259,21 @@ class SessionRegistry:
         for r in self.sessions.values():
             t = tenants.setdefault(r.tenant, {"active": 0, "queued": 0})
             t["queued" if r.status is SessionStatus.QUEUED else "active"] += 1
-        models = {
-            m: {
-                "free": len(p.free),
-                "leased": len(p.leased),
-                "building": p.building,
-                "queued": len(self.queues[m]),
-                "failed_builds": p.failed_builds,
-                "last_error": p.last_error,
-            }
-            for m, p in self.pools.items()
-        }
-        return {
-            "tenants": tenants,
-            "models": models,
-            "sessions": {sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
-            "counters": dict(self.counters),
-            "shutting_down": self._shutting_down,
-        }
+        return RegistryStats(
+            tenants=tenants,
+            models={m: p.stats(queued=len(self.queues[m])) for m, p in self.pools.by_model.items()},
+            sessions={sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
+            counters={**self.counters, "groups_rebuilt": self.pools.rebuilt},
+            shutting_down=self._shutting_down,
+        )
 
-    async def shutdown(self, reason: str = "server_shutdown", exit_actor: bool = False) -> dict:
-        """End every session with `reason`, free every group; with `exit_actor` the registry then exits."""
+    async def shutdown(self, reason: str = "server_shutdown", exit_actor: bool = False) -> int:
+        """End every session with `reason`, free every group; with `exit_actor` the registry then exits.
+
+        Returns how many running sessions it ended.
+        """
         self._shutting_down = True
+        self.pools.closed = True  # slots given back from now on are destroyed, not reused
         for model, queue in self.queues.items():
             while queue:
                 sid = queue.popleft()
@@ -368,18 +281,12 @@ class SessionRegistry:
                 if rec is not None:
                     rec.end(reason)
                     self._remember(rec)
-        active = [r for r in self.sessions.values()]
+        active = list(self.sessions.values())
         await asyncio.gather(*(self.end_session(r.session_id, reason) for r in active), return_exceptions=True)
-        for pool in self.pools.values():
-            for slot in list(pool.free) + list(pool.leased.values()):
-                if slot is not None:
-                    destroy_shard_group(slot)
-            pool.free.clear()
-            pool.leased.clear()
-        ended = len(active)
+        self.pools.close()
         if exit_actor:
             asyncio.get_running_loop().call_later(0.2, self._kill_self)
-        return {"ended_sessions": ended}
+        return len(active)
 
     def _kill_self(self) -> None:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)

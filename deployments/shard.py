@@ -8,7 +8,9 @@ never leave the group: only the calls go in and rank 0's `ChunkResult` comes out
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -81,8 +83,6 @@ class ShardWorker:
 
     def pid(self) -> int:
         """OS process id (tests kill it to simulate a crash)."""
-        import os
-
         return os.getpid()
 
 
@@ -126,8 +126,6 @@ async def create_shard_group(
 
 async def _gather(refs: list) -> list:
     """Await all refs, failing as soon as any fails (a dead rank must not leave us waiting on the others)."""
-    import asyncio
-
     futures = [asyncio.ensure_future(_await(r)) for r in refs]
     try:
         for done in asyncio.as_completed(futures):
