@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from helios.models.limits import SessionLimits
+from helios.runtime.ratelimit import RateLimitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class QuotaSpec(_Strict):
 
     max_concurrent_sessions: int = Field(2, ge=0, description="Sessions a tenant may hold at once (active + queued).")
     max_session_s: float = Field(3600.0, gt=0, description="A session ends with reason 'time_limit' after this many seconds.")
+    command_rate: RateLimitSpec = Field(
+        default_factory=RateLimitSpec, description="Commands per session: token bucket (rate_per_s, burst); over it 429 / WS error."
+    )
 
 
 class TenantSpec(_Strict):

@@ -281,6 +281,13 @@ class CommandTimeout(ServeError):
     field = "command"
 
 
+class CommandRateLimited(ServeError):
+    """The session's commands came faster than its tenant's `command_rate`; retry after `retry_after_s`."""
+
+    field = "command"
+    limit: str = "command_rate"
+
+
 class BodyTooLarge(ServeError):
     """A request body over `max_body_bytes`."""
 

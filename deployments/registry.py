@@ -181,6 +181,7 @@ class SessionRegistry:
                     idle_timeout_s=cfg.idle_timeout_s,
                     max_session_s=cfg.quota_of(rec.tenant).max_session_s,
                     linger_s=cfg.session_linger_s,
+                    command_rate=cfg.quota_of(rec.tenant).command_rate,
                 )
             )
             await actor.start.remote()

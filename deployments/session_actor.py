@@ -21,9 +21,17 @@ import ray
 from deployments.config import ModelSpec
 from deployments.model_factory import ModelFactory, model_factory_for
 from deployments.naming import NAMESPACE
-from deployments.protocol import ChunkBatch, ChunkItem, LoggedMessage, MessageBatch, SessionStarted, SessionStats
+from deployments.protocol import (
+    ChunkBatch,
+    ChunkItem,
+    CommandRateLimited,
+    LoggedMessage,
+    MessageBatch,
+    SessionStarted,
+    SessionStats,
+)
 from deployments.shard import ShardGroup, ShardGroupEngine
-from helios.runtime import Session
+from helios.runtime import RateLimitSpec, Session, TokenBucket
 from helios.runtime.messages import Message, ack_message, event_message
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ class SessionActor:
         idle_timeout_s: float,
         max_session_s: float,
         linger_s: float,
+        command_rate: RateLimitSpec | None = None,
     ):
         self.session_id = session_id
         self.tenant = tenant
@@ -80,6 +89,8 @@ class SessionActor:
         self.idle_timeout_s = idle_timeout_s
         self.max_session_s = max_session_s
         self.linger_s = linger_s
+        # One bucket per session, here and not in a front-door replica: every replica sees the same rate.
+        self.command_bucket = TokenBucket.from_spec(command_rate or RateLimitSpec())
         self.ring: deque[ChunkItem] = deque(maxlen=ring_size)
         self.messages: deque[LoggedMessage] = deque(maxlen=message_log_size)
         self.next_seq = 1
@@ -242,8 +253,20 @@ class SessionActor:
 
     # ---- commands & info -----------------------------------------------------------------
     async def command(self, cmd: dict, timeout_s: float = 30.0) -> dict:
-        """Run one command (in arrival order) and return its ack data."""
+        """Run one command (in arrival order) and return its ack data; CommandRateLimited over the rate.
+
+        A command refused for its rate never reaches the session, so a flood of them leaves
+        the message log (and every SSE/WS reader) alone.
+        """
         self.last_activity = time.monotonic()
+        if not self.command_bucket.try_acquire():
+            bucket = self.command_bucket
+            wait = bucket.retry_after_s()
+            raise CommandRateLimited(
+                f"command_rate: over {bucket.rate_per_s:g} commands/s (burst {bucket.burst}) for this session; "
+                f"retry after {wait:.2f} s",
+                retry_after_s=wait,
+            )
         if self.session is None and not self.ended:
             # Admitted from the queue a moment ago: the model is still being built.
             try:

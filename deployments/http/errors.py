@@ -9,6 +9,7 @@ picked from an error's text.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.protocol import (
     BadCommand,
     BodyTooLarge,
+    CommandRateLimited,
     CommandTimeout,
     InvalidField,
     NotFound,
@@ -47,6 +49,7 @@ STATUS: dict[type[ServeError], int] = {
     StreamEnded: 410,
     BodyTooLarge: 413,
     QuotaExceeded: 429,
+    CommandRateLimited: 429,
     NoCapacity: 429,
     ShuttingDown: 503,
     SessionStartFailed: 503,
@@ -69,6 +72,9 @@ def error_body(exc: ServeError) -> dict[str, Any]:
     body: dict[str, Any] = {"detail": exc.detail, "field": exc.field}
     if isinstance(exc, BadCommand) and exc.ack is not None:
         body["ack"] = exc.ack
+    if isinstance(exc, CommandRateLimited):
+        body["limit"] = exc.limit
+        body["retry_after_s"] = exc.retry_after_s
     return body
 
 
@@ -76,7 +82,7 @@ def error_headers(exc: ServeError) -> dict[str, str] | None:
     """Retry-After on capacity answers, WWW-Authenticate on 401."""
     headers = {}
     if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(int(exc.retry_after_s))
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))  # whole seconds, never 0
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return headers or None

@@ -33,7 +33,7 @@ from deployments.protocol import (
 )
 from helios.media.formats import FORMATS, media_type
 from helios.media.skipforward import skip_forward
-from helios.runtime.messages import Message, ack_message, event_message
+from helios.runtime.messages import Message, ack_message, error_message, event_message
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,10 @@ class StreamRoutes(FrontDoorBase):
                     continue
                 try:
                     await self._run_command(rec, cmd)  # the ack itself arrives through the message log
-                except ServeError as exc:
-                    await send(ack_message(cmd.get("id"), False, exc.detail))
+                except ServeError as exc:  # refused before the session saw it: answer on this socket only
+                    detail = cause_of(exc).detail  # an actor's error arrives wrapped by Ray
+                    await send(error_message(detail))
+                    await send(ack_message(cmd.get("id"), False, detail))
 
         tasks = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in())]
         try:

@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789"}
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789",
+        "dave": "dave-key-0123456789"}
 APP_NAME = "helios"
 
 
@@ -34,6 +35,9 @@ def serving_config(tiny_path: str):
                 {"name": "alice", "api_keys": [KEYS["alice"]], "quota": {"max_concurrent_sessions": 4}},
                 {"name": "bob", "api_keys": [KEYS["bob"]], "quota": {"max_concurrent_sessions": 1}},
                 {"name": "carol", "api_keys": [KEYS["carol"]], "quota": {"max_concurrent_sessions": 2, "max_session_s": 4}},
+                # 3 commands, then one per 100 s: the 4th is refused whatever the machine's speed.
+                {"name": "dave", "api_keys": [KEYS["dave"]],
+                 "quota": {"max_concurrent_sessions": 2, "command_rate": {"rate_per_s": 0.01, "burst": 3}}},
             ],
             "queue_size": 1,
             "retry_after_s": 2,
