@@ -21,6 +21,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.naming import placement_group_name
+from helios.pipeline.engine import SynchronousEngine
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def destroy_shard_group(group: ShardGroup) -> None:
             logger.warning("group %s: removing its placement group failed: %s", group.group_id, exc)
 
 
-class ShardGroupEngine:
+class ShardGroupEngine(SynchronousEngine):
     """`StreamEngine` over a shard group: each call goes to every rank, rank 0's answer comes back."""
 
     def __init__(self, group: ShardGroup, *, call_timeout_s: float = 600.0):

@@ -1,9 +1,15 @@
 """`HeliosModel`: the Helios session protocol (DESIGN section 6) on any `StreamEngine`.
 
 All protocol semantics live here; the engine only generates. Commands change model state
-under the session lock and never touch the engine; the generation loop reads that state
-at chunk boundaries and is the only caller of the engine (so a Ray proxy driving a TP
-shard group sees one caller, in order).
+under the session lock and never touch the engine's stream (their one engine call,
+`prefetch_prompt`, only warms the prompt cache); the generation loop reads that state
+at chunk boundaries and is the only caller of the stream controls (so a Ray proxy
+driving a TP shard group sees one caller, in order).
+
+Pipelining: the loop begins a chunk (`engine.begin_chunk()`, the latents) and hands it to
+a `ChunkFinisher` thread, which waits for its frames and reports and emits it, in order.
+With an engine whose `chunks_in_flight` is 2, the loop begins chunk n+1 while chunk n
+still decodes; with 1, it waits for chunk n to be finished first (the synchronous loop).
 
 Terms (also in docs/runtime.md):
 - `current_chunk`: the index (since the last reset) of the chunk being generated, or, when
@@ -30,7 +36,8 @@ from helios.pipeline.engine import StreamEngine
 from helios.models.limits import MAX_PROMPT_CHARS, SessionLimits
 from helios.pipeline.image import decode_image_b64, resize_image
 from helios.runtime import VideoModel, command, get_ctx
-from helios.runtime.context import SessionContext
+from helios.runtime.context import SessionContext, bind_ctx
+from helios.runtime.finisher import ChunkFinisher
 from helios.runtime.messages import event_message, state_message
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,7 @@ class HeliosModel(VideoModel):
         self._ctx: SessionContext | None = None
         self._started = False
         self._paused = False
-        self._generating = False
+        self._next = 0  # the next chunk to begin; chunks _chunk.._next-1 are begun and unfinished
         self._chunk = 0
         self._frames = 0
         self._scheduled: dict[int, str] = {}
@@ -118,7 +125,7 @@ class HeliosModel(VideoModel):
 
     def _next_open_chunk(self) -> int:
         """The first chunk whose generation has not begun."""
-        return self._chunk + 1 if self._generating else self._chunk
+        return self._next
 
     # --- commands ------------------------------------------------------------------------
     @command("set_prompt")
@@ -165,6 +172,7 @@ class HeliosModel(VideoModel):
                 "(replace a scheduled chunk, or wait until one is used)"
             )
         self._scheduled[chunk] = prompt
+        self.engine.prefetch_prompt(prompt)  # encoding starts now, in the background, ahead of use
         self._send(event_message("prompt_scheduled", chunk=chunk, prompt=prompt))
         self._send_state()
 
@@ -232,7 +240,7 @@ class HeliosModel(VideoModel):
         """Stop and forget everything but the seed: history, prompts, image; the next start is chunk 0."""
         frame, chunk = self._frames, self._chunk
         self._epoch += 1
-        self._generating = False  # a chunk in flight belongs to the old stream and is discarded
+        self._next = 0  # chunks in flight belong to the old stream and are discarded
         self._started = False
         self._paused = False
         self._chunk = 0
@@ -256,34 +264,51 @@ class HeliosModel(VideoModel):
     def start_session(self) -> None:
         ctx = get_ctx()
         self._ctx = ctx
+        finisher = ChunkFinisher(self._finish_chunk, depth=max(1, int(self.engine.chunks_in_flight)),
+                                 name=f"session-{ctx.session_id}-finish", initializer=lambda: bind_ctx(ctx))
+        try:
+            self._generate(ctx, finisher)
+        finally:
+            error = finisher.close()  # every begun chunk is finished (or dropped after a stop) first
+        if error is not None:
+            raise error
+
+    def _generate(self, ctx: SessionContext, finisher: ChunkFinisher) -> None:
         while not ctx.should_stop():
+            finisher.reserve()
             with ctx.lock:
                 if not ctx.wait_for(lambda: self._started and not self._paused):
+                    finisher.release()
                     return
                 plan = self._plan_chunk()
                 for message in plan.messages:
                     ctx.send(message)
             self._apply(plan)
             t0 = time.perf_counter()
-            result = self.engine.next_chunk()
-            gen_ms = round((time.perf_counter() - t0) * 1000.0, 1)
-            with ctx.lock:
-                self._generating = False
-                ctx.notify()
-                if plan.epoch != self._epoch:
-                    continue  # reset while generating: this chunk belongs to the old stream
-                if result.chunk != plan.chunk:
-                    log.warning("engine produced chunk %d, the protocol expected %d", result.chunk, plan.chunk)
-                n = int(result.frames.shape[0])
-                self._chunk += 1
-                self._frames += n
-                ctx.send(event_message("chunk_complete", chunk=plan.chunk, frames=n, prompt=result.prompt, gen_ms=gen_ms))
-                self._send_state()
-            ctx.emit_block(result.frames, chunk=plan.chunk, prompt=result.prompt, seed=result.seed)
+            pending = self.engine.begin_chunk()
+            finisher.put(plan, pending, t0)
+
+    def _finish_chunk(self, plan: _Plan, pending: Any, t0: float) -> None:
+        """On the finisher thread: wait for the frames, report the chunk, hand the frames to playback."""
+        result = pending.result()
+        gen_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+        ctx = get_ctx()
+        with ctx.lock:
+            ctx.notify()
+            if plan.epoch != self._epoch:
+                return  # reset while generating: this chunk belongs to the old stream
+            if result.chunk != plan.chunk:
+                log.warning("engine produced chunk %d, the protocol expected %d", result.chunk, plan.chunk)
+            n = int(result.frames.shape[0])
+            self._chunk += 1
+            self._frames += n
+            ctx.send(event_message("chunk_complete", chunk=plan.chunk, frames=n, prompt=result.prompt, gen_ms=gen_ms))
+            self._send_state()
+        ctx.emit_block(result.frames, chunk=plan.chunk, prompt=result.prompt, seed=result.seed)
 
     def _plan_chunk(self) -> _Plan:
-        """Decide (under the lock) what the next chunk uses, and mark it in generation."""
-        n = self._chunk
+        """Decide (under the lock) what the next chunk uses, and mark it begun."""
+        n = self._next
         plan = _Plan(chunk=n, epoch=self._epoch)
         due = [k for k in self._scheduled if k <= n]
         if due:
@@ -311,7 +336,7 @@ class HeliosModel(VideoModel):
         if self._current_prompt != self._engine_prompt:
             plan.prompt = self._current_prompt
             self._engine_prompt = self._current_prompt
-        self._generating = True
+        self._next = n + 1
         if plan.messages:
             plan.messages.append(state_message(self.state()))
         return plan

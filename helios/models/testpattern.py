@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from helios.models.helios import HeliosModel
 from helios.models.limits import SessionLimits
-from helios.pipeline.engine import ChunkResult, Transition
+from helios.pipeline.engine import ChunkResult, SynchronousEngine, Transition
 
 _BARS = np.array(
     [
@@ -41,7 +41,7 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-class TestPatternEngine:
+class TestPatternEngine(SynchronousEngine):
     """A `StreamEngine` that draws frames instead of generating them."""
 
     __test__ = False  # not a pytest test class

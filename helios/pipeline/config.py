@@ -44,6 +44,15 @@ class StreamConfig(BaseModel):
     image_noise_sigma: tuple[float, float] = Field((0.111, 0.135), description="Noise level range for the reference image latents.")
     video_noise_sigma: tuple[float, float] = Field((0.111, 0.135), description="Noise level range for video / fake-image latents.")
     image_blend_chunks: int = Field(3, ge=1, description="Chunks over which a 'blend' image transition interpolates the anchor.")
+    decode_overlap: Literal["auto", "on", "off"] = Field(
+        "auto", description="Decode chunk n while chunk n+1 denoises (worker thread; own CUDA stream on GPU); "
+                            "auto: on for CUDA, off on CPU (measured: no gain there).")
+    vae_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="VAE weights dtype; float32 is the reference, bfloat16 the fast path "
+                               "(normalisation and pixel conversion stay float32).")
+    text_prefetch: bool = Field(
+        True, description="Encode a scheduled prompt in the background as soon as it is scheduled "
+                          "(one worker thread, bounded), so the chunk that uses it finds it cached.")
 
     @field_validator("height", "width")
     @classmethod

@@ -32,6 +32,44 @@ class ChunkResult:
 
 
 @runtime_checkable
+class PendingChunk(Protocol):
+    """A chunk whose latents are done and whose frames may still be decoding."""
+
+    chunk: int
+    """Index of the chunk (as in `ChunkResult.chunk`)."""
+
+    def result(self) -> ChunkResult:
+        """Wait for the frames; the same ChunkResult on every call."""
+        ...
+
+
+@dataclass
+class DoneChunk:
+    """A PendingChunk that is already complete (engines that decode synchronously)."""
+
+    value: ChunkResult
+
+    @property
+    def chunk(self) -> int:
+        return self.value.chunk
+
+    def result(self) -> ChunkResult:
+        return self.value
+
+
+class SynchronousEngine:
+    """Base for engines that finish each chunk inside `next_chunk()` (no overlap, no text encoder)."""
+
+    chunks_in_flight = 1
+
+    def begin_chunk(self) -> DoneChunk:
+        return DoneChunk(self.next_chunk())  # type: ignore[attr-defined]
+
+    def prefetch_prompt(self, prompt: str) -> None:
+        """Nothing to warm: these engines encode no text."""
+
+
+@runtime_checkable
 class StreamEngine(Protocol):
     """An endless, controllable chunk generator.
 
@@ -43,6 +81,9 @@ class StreamEngine(Protocol):
     width: int
     frames_per_chunk: int
     fps: int
+    chunks_in_flight: int
+    """How many begun chunks may be unfinished at once: 1 decodes synchronously; 2 lets the
+    decode of chunk n overlap the denoising of chunk n+1."""
 
     @property
     def chunk_index(self) -> int:
@@ -65,6 +106,14 @@ class StreamEngine(Protocol):
         """Set (uint8 HxWx3, already at the model resolution) or clear (None) the reference image."""
         ...
 
+    def prefetch_prompt(self, prompt: str) -> None:
+        """Start encoding `prompt` in the background (only warms the prompt cache; any thread, never blocks)."""
+        ...
+
+    def begin_chunk(self) -> PendingChunk:
+        """Generate the next chunk's latents; its frames come from the returned handle, in order."""
+        ...
+
     def next_chunk(self) -> ChunkResult:
-        """Generate and decode the next chunk."""
+        """Generate and decode the next chunk (`begin_chunk().result()`)."""
         ...

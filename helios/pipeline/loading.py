@@ -94,11 +94,14 @@ def load_text_stack(folder: Path, *, dtype: torch.dtype, device: torch.device):
     return tokenizer, encoder
 
 
-def load_vae(folder: Path, *, device: torch.device):
-    """The Wan VAE, always float32 (as the published examples load it)."""
+def load_vae(folder: Path, *, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The Wan VAE: float32 as the published examples load it, or bfloat16 (the fast path).
+
+    `from_pretrained(dtype=...)` keeps whatever modules the reference class keeps in float32.
+    """
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan.from_pretrained(folder / "vae", dtype=torch.float32).to(device).eval()
+    return AutoencoderKLWan.from_pretrained(folder / "vae", dtype=dtype).to(device).eval()
 
 
 def load_scheduler(folder: Path, class_name: str):

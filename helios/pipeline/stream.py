@@ -1,9 +1,12 @@
 """HeliosStreamPipeline: the endless, controllable chunk loop (StreamEngine implementation).
 
-Each `next_chunk()` applies the controls set since the last chunk (seed, prompt, image,
+Each `begin_chunk()` applies the controls set since the last chunk (seed, prompt, image,
 video), draws the chunk's noise, runs the pyramid sampler against the history memory,
-pushes the result into memory and decodes it to uint8 frames. The random draws happen in
-the same order as diffusers' HeliosPyramidPipeline, so one seed gives the same video.
+pushes the result into memory and hands the latents to the `ChunkDecoder`, which turns
+them into uint8 frames (synchronously, or overlapped with the next chunk's denoising:
+history lives in latent space, so the next chunk never waits for the VAE). The random
+draws happen in the same order as diffusers' HeliosPyramidPipeline, so one seed gives
+the same video; the decode draws nothing, so overlapping it changes no frame.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from helios.model import HeliosTransformer
 from helios.parallel import GroupLike
 from helios.pipeline import loading
 from helios.pipeline.config import StreamConfig, build_stream_config
+from helios.pipeline.decode import ChunkDecoder, DecodeJob, resolve_overlap
 from helios.pipeline.engine import ChunkResult, Transition
 from helios.pipeline.history import HistoryMemory
 from helios.pipeline.image import ImageInputError, resize_image
@@ -51,6 +55,36 @@ class _Blend:
         return self.done >= self.total
 
 
+class PipelineChunk:
+    """A chunk whose latents are done; `result()` waits for its frames (the PendingChunk protocol)."""
+
+    def __init__(self, *, chunk: int, prompt: str, seed: int, timings: dict[str, float], started_at: float,
+                 job: DecodeJob):
+        self.chunk = chunk
+        self._prompt = prompt
+        self._seed = seed
+        self._timings = timings
+        self._started_at = started_at
+        self._job = job
+        self._result: ChunkResult | None = None
+
+    def done(self) -> bool:
+        """True once the frames are decoded (result() then returns at once)."""
+        return self._job.future.done()
+
+    def result(self) -> ChunkResult:
+        if self._result is None:
+            t0 = time.perf_counter()
+            frames = self._job.result()
+            timings = dict(self._timings)
+            timings["decode"] = self._job.decode_ms
+            timings["decode_wait"] = (time.perf_counter() - t0) * 1000.0
+            timings["total"] = (self._job.finished_at - self._started_at) * 1000.0
+            self._result = ChunkResult(chunk=self.chunk, frames=frames, prompt=self._prompt, seed=self._seed,
+                                       timings_ms=timings)
+        return self._result
+
+
 class HeliosStreamPipeline:
     """An endless Helios video stream on one device (or one rank of a TP group, SPMD)."""
 
@@ -71,8 +105,11 @@ class HeliosStreamPipeline:
         if self.codec.chunk_frames != self.frames_per_chunk:
             raise ValueError(f"num_latent_frames_per_chunk: VAE gives {self.codec.chunk_frames} frames per chunk, "
                              f"config expects {self.frames_per_chunk}")
+        self.decoder = ChunkDecoder(self.codec, overlap=resolve_overlap(config.decode_overlap, self.device))
+        self.chunks_in_flight = 2 if self.decoder.overlap else 1
         self.text = PromptEncoder(tokenizer, text_encoder, max_length=config.max_sequence_length,
-                                  cache_size=config.text_cache_size, device=self.device, dtype=dtype)
+                                  cache_size=config.text_cache_size, device=self.device, dtype=dtype,
+                                  background=config.text_prefetch)
         self.sampler = PyramidSampler(transformer, scheduler, config, patch_size=patch, dtype=dtype, device=self.device)
         self.memory = HistoryMemory(channels=channels, latent_hw=self.latent_hw, history_sizes=config.history_sizes,
                                     chunk_frames=config.num_latent_frames_per_chunk, device=self.device)
@@ -112,7 +149,7 @@ class HeliosStreamPipeline:
         transformer = loading.load_transformer(source.folder / "transformer", tp_group=tp_group, dtype=torch_dtype,
                                                device=device)
         tokenizer, text_encoder = loading.load_text_stack(source.folder, dtype=torch_dtype, device=device)
-        vae = loading.load_vae(source.folder, device=device)
+        vae = loading.load_vae(source.folder, device=device, dtype=loading.parse_dtype(config.vae_dtype))
         scheduler = loading.load_scheduler(source.folder, source.scheduler_class)
         logger.info("loaded Helios %s pipeline from %s (%s, %s)", config.variant, source.folder, torch_dtype, device)
         return cls(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder,
@@ -133,7 +170,10 @@ class HeliosStreamPipeline:
         return self._pending_prompt[0] if self._pending_prompt else self._prompt
 
     def reset(self, seed: int) -> None:
-        """Forget history, anchor and reference image; chunk 0 is next, drawn with `seed`. Prompts are kept."""
+        """Forget history, anchor and reference image; chunk 0 is next, drawn with `seed`. Prompts are kept.
+
+        Chunks already begun still decode, in order (their handles own them).
+        """
         self._seed = _check_seed(seed)
         self._pending_seed: int | None = None
         self.generator.manual_seed(self._seed)
@@ -159,6 +199,18 @@ class HeliosStreamPipeline:
         if isinstance(blend_chunks, bool) or not isinstance(blend_chunks, int) or blend_chunks < 0:
             raise ValueError(f"blend_chunks: must be an integer >= 0, got {blend_chunks!r}")
         self._pending_prompt = (prompt, blend_chunks)
+        self.text.prefetch(prompt)
+
+    def prefetch_prompt(self, prompt: str) -> None:
+        """Encode `prompt` in the background now (warms the cache only; safe from any thread)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt: must be a non-empty string")
+        self.text.prefetch(prompt)
+
+    def close(self) -> None:
+        """Finish the chunks being decoded and stop the worker threads."""
+        self.decoder.close()
+        self.text.close()
 
     def set_image(self, image: np.ndarray | None, transition: Transition = "cut") -> None:
         """Set (uint8 HxWx3) or clear (None) the reference image, applied at the next chunk.
@@ -181,8 +233,13 @@ class HeliosStreamPipeline:
         self._pending_video = frames
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
     def next_chunk(self) -> ChunkResult:
+        """Generate and decode the next chunk (waits for its frames)."""
+        return self.begin_chunk().result()
+
+    @torch.no_grad()
+    def begin_chunk(self) -> PipelineChunk:
+        """Denoise the next chunk and queue its decode; returns once the latents are in memory."""
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         chunk = self._chunk
@@ -216,13 +273,11 @@ class HeliosStreamPipeline:
         self.last_latents = latents
         timings["denoise"] = self._elapsed(t0)
 
-        # 4. Decode alone (no overlap with neighbours) and convert to uint8 on the device, once.
-        t0 = time.perf_counter()
-        frames = self.codec.decode(latents).cpu().numpy()
-        timings["decode"] = self._elapsed(t0)
-        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        # 4. Decode alone (no overlap with neighbouring chunks' latents) to uint8 on the device, once;
+        #    with decode_overlap this runs while the caller begins the next chunk.
+        job = self.decoder.submit(latents)
         self._chunk += 1
-        return ChunkResult(chunk=chunk, frames=frames, prompt=prompt, seed=self._seed, timings_ms=timings)
+        return PipelineChunk(chunk=chunk, prompt=prompt, seed=self._seed, timings=timings, started_at=t_start, job=job)
 
     # ------------------------------------------------------------------ internals
     def _conditioning(self) -> tuple[Conditioning, str]:
@@ -250,6 +305,8 @@ class HeliosStreamPipeline:
 
     def _apply_image_and_video(self) -> None:
         cfg = self.config
+        if self._pending_image is not None or self._pending_video is not None:
+            self.decoder.drain()  # the VAE's encode and decode share its causal-conv caches
         if self._pending_image is not None:
             image, transition = self._pending_image
             self._pending_image = None
@@ -295,8 +352,8 @@ class HeliosStreamPipeline:
         return np.ascontiguousarray(frames)
 
     def _elapsed(self, t0: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":  # this stream only: a device-wide sync would wait for the decode stream
+            torch.cuda.current_stream(self.device).synchronize()
         return (time.perf_counter() - t0) * 1000.0
 
 

@@ -17,8 +17,10 @@ class VideoCodec:
         self.chunk_latent_frames = chunk_latent_frames
         self.temporal = int(vae.config.scale_factor_temporal)
         z = int(vae.config.z_dim)
-        self.mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, vae.dtype)
-        self.inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(device, vae.dtype)
+        # Normalisation and the pixel conversion run in float32 whatever the VAE dtype (a bf16 VAE
+        # only changes the convolutions; the reference's own RMS norms upcast internally).
+        self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1).to(device)
+        self.inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1).to(device)
 
     @property
     def chunk_frames(self) -> int:
@@ -33,7 +35,7 @@ class VideoCodec:
 
     def _encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
-        return (latents - self.mean) * self.inv_std
+        return (latents.float() - self.mean) * self.inv_std
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +64,8 @@ class VideoCodec:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Chunk latents (1, C, F, h, w) -> uint8 (frames, H, W, 3), still on the device."""
-        latents = latents.to(self.vae.dtype) / self.inv_std + self.mean
-        video = self.vae.decode(latents, return_dict=False)[0]  # (1, 3, frames, H, W) in [-1, 1]
+        latents = (latents.float() / self.inv_std + self.mean).to(self.vae.dtype)
+        video = self.vae.decode(latents, return_dict=False)[0].float()  # (1, 3, frames, H, W) in [-1, 1]
         video = (video / 2 + 0.5).clamp(0, 1)
         return (video[0].permute(1, 2, 3, 0) * 255.0).round().to(torch.uint8)
 

@@ -9,13 +9,13 @@ from unittest.mock import ANY
 
 import numpy as np
 
-from helios.pipeline.engine import ChunkResult
+from helios.pipeline.engine import ChunkResult, SynchronousEngine
 from helios.runtime import MemorySink, Session, get_ctx
 
 GATE_TIMEOUT_S = 60.0
 
 
-class FastEngine:
+class FastEngine(SynchronousEngine):
     """A StreamEngine that returns constant frames instantly and records every call."""
 
     def __init__(self, height: int = 16, width: int = 16, frames_per_chunk: int = 4, fps: int = 24) -> None:
@@ -52,7 +52,7 @@ class FastEngine:
         return ChunkResult(chunk=chunk, frames=frames, prompt=self._prompt or "", seed=self._seed)
 
 
-class GatedEngine:
+class GatedEngine(SynchronousEngine):
     """Wraps an engine: each `next_chunk` announces itself, then waits for `allow()`.
 
     Lets a protocol test know exactly which chunk is in flight when it sends a command.
