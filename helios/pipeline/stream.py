@@ -149,7 +149,7 @@ class HeliosStreamPipeline:
         transformer = loading.load_transformer(source.folder / "transformer", tp_group=tp_group, dtype=torch_dtype,
                                                device=device)
         tokenizer, text_encoder = loading.load_text_stack(source.folder, dtype=torch_dtype, device=device)
-        vae = loading.load_vae(source.folder, device=device, dtype=loading.parse_dtype(config.vae_dtype))
+        vae = loading.load_vae(source.folder, device=device, dtype=resolve_dtype(config.vae_dtype))
         scheduler = loading.load_scheduler(source.folder, source.scheduler_class)
         logger.info("loaded Helios %s pipeline from %s (%s, %s)", config.variant, source.folder, torch_dtype, device)
         return cls(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder,
