@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from deployments.naming import DEFAULT_APP_NAME
 from helios.models.limits import SessionLimits
 from helios.runtime.ratelimit import RateLimitSpec
 
@@ -108,7 +109,7 @@ class DeploymentSpec(_Strict):
 class ServingConfig(_Strict):
     """Everything `build_app` needs."""
 
-    app_name: str = Field("helios", description="Serve application name; also scopes the registry actor.")
+    app_name: str = Field(DEFAULT_APP_NAME, description="Serve application name; also scopes the registry actor.")
     models: dict[str, ModelSpec] = Field(..., min_length=1, description="Models offered, by the name sessions ask for.")
     default_model: str | None = Field(None, description="Model used when a request names none (first model if unset).")
     tenants: list[TenantSpec] = Field(default_factory=list, description="Tenants and keys (merged with HELIOS_API_KEYS).")

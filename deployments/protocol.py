@@ -156,17 +156,34 @@ class RegistryStats(TypedDict):
     shutting_down: bool
 
 
+class RecordingInfo(TypedDict):
+    """Answer of `Relay.recording_info` / `wait_recording` (a dict: tests and operators read it as JSON)."""
+
+    path: str
+    exists: bool
+    recording: bool
+    """Written by this relay replica right now."""
+    chunks: int | None
+    complete: bool | None
+
+
 # ---- failures -------------------------------------------------------------------------------
 class ServeError(Exception):
     """A failure a client is told about: `detail` is the message, naming `field`.
 
-    Attributes other than `detail` are keyword arguments declared on the class (`field`
-    included, to override its default), so an instance pickles through Ray as
-    `(type, (detail,), __dict__)` with nothing lost.
+    Each subclass names its field in its class statement (`class X(ServeError,
+    field="tenant")`); an instance may override it (`InvalidField(..., field="format")`).
+    Attributes other than `detail` are keyword arguments declared on the class, so an
+    instance pickles through Ray as `(type, (detail,), __dict__)` with nothing lost.
     """
 
     field: str = "request"
     retry_after_s: float | None = None
+
+    def __init_subclass__(cls, field: str | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if field is not None:
+            cls.field = field
 
     def __init__(self, detail: str, **attrs: Any):
         super().__init__(detail)
@@ -184,60 +201,45 @@ class InvalidField(ServeError, ValueError):
     """A request field has a bad value (a ValueError, as any bad input); pass `field=`."""
 
 
-class UnknownModel(InvalidField):
+class UnknownModel(InvalidField, field="model"):
     """The session asks for a model the server does not offer."""
 
-    field = "model"
 
-
-class BadCommand(ServeError):
+class BadCommand(ServeError, field="command"):
     """The session refused a command; `ack` is its refusal, returned with the error."""
 
-    field = "command"
     ack: dict[str, Any] | None = None
 
 
-class Unauthorized(ServeError):
+class Unauthorized(ServeError, field="authorization"):
     """Missing or wrong API key or viewer token."""
 
-    field = "authorization"
 
-
-class ViewerTokenRejected(Unauthorized):
+class ViewerTokenRejected(Unauthorized, field="token"):
     """A token that is neither the owner's API key nor the session's viewer token."""
 
-    field = "token"
 
-
-class NotFound(ServeError):
+class NotFound(ServeError, field="path"):
     """A resource the request names does not exist."""
 
-    field = "path"
 
-
-class SessionNotFound(NotFound, ValueError):
+class SessionNotFound(NotFound, ValueError, field="session_id"):
     """No such session (or not the caller's); a ValueError too: the id given is bad input."""
 
-    field = "session_id"
 
-
-class RecordingNotFound(NotFound):
+class RecordingNotFound(NotFound, field="recording"):
     """The session has no recording (yet)."""
 
-    field = "recording"
 
-
-class SessionQueued(ServeError):
+class SessionQueued(ServeError, field="session_id"):
     """The session still waits for a shard group: commands wait until it is active."""
 
-    field = "session_id"
     position: int | None = None
 
 
-class SessionEnded(ServeError):
+class SessionEnded(ServeError, field="session_id"):
     """The session has ended: it takes no more commands."""
 
-    field = "session_id"
     end_reason: str | None = None
 
 
@@ -245,53 +247,38 @@ class StreamEnded(SessionEnded):
     """The session ended before the stream began (its recording is what remains)."""
 
 
-class QuotaExceeded(ServeError):
+class QuotaExceeded(ServeError, field="tenant"):
     """The tenant already holds as many sessions as its quota allows."""
 
-    field = "tenant"
 
-
-class NoCapacity(ServeError):
+class NoCapacity(ServeError, field="model"):
     """Every shard group of the model is busy and its queue is full."""
 
-    field = "model"
 
-
-class ShuttingDown(ServeError):
+class ShuttingDown(ServeError, field="server"):
     """The server is shutting down and admits no session."""
 
-    field = "server"
 
-
-class SessionStartFailed(ServeError):
+class SessionStartFailed(ServeError, field="session"):
     """The model could not start on its shard group (the group is rebuilt)."""
 
-    field = "session"
 
-
-class RelayUnavailable(ServeError):
+class RelayUnavailable(ServeError, field="stream"):
     """The relay is not deployed or failed before the stream's first byte."""
 
-    field = "stream"
 
-
-class CommandTimeout(ServeError):
+class CommandTimeout(ServeError, field="command"):
     """The session did not acknowledge a command in time."""
 
-    field = "command"
 
-
-class CommandRateLimited(ServeError):
+class CommandRateLimited(ServeError, field="command"):
     """The session's commands came faster than its tenant's `command_rate`; retry after `retry_after_s`."""
 
-    field = "command"
     limit: str = "command_rate"
 
 
-class BodyTooLarge(ServeError):
+class BodyTooLarge(ServeError, field="body"):
     """A request body over `max_body_bytes`."""
-
-    field = "body"
 
 
 def cause_of(exc: BaseException) -> BaseException:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, is_valid_session_id, session_actor_name
-from deployments.protocol import ChunkBatch, InvalidField, SessionNotFound
+from deployments.protocol import ChunkBatch, InvalidField, RecordingInfo, SessionNotFound
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type, parse_format
 from helios.media.recording import RecordingWriter
@@ -266,20 +266,20 @@ class Relay:
         path = self._recording_file(session_id)
         return str(path) if path.exists() else None
 
-    def recording_info(self, session_id: str) -> dict:
-        """{"path", "exists", "recording" (written by this replica now), "chunks", "complete"}."""
+    def recording_info(self, session_id: str) -> RecordingInfo:
+        """Where the recording is, whether this replica is writing it, and how far it got."""
         _check_session_id(session_id)
         path = self._recording_file(session_id)
         writer = self._writers.get(session_id)
-        return {
-            "path": str(path),
-            "exists": path.exists(),
-            "recording": writer is not None and not writer.closed,
-            "chunks": writer.chunks if writer else None,
-            "complete": writer.closed if writer else None,
-        }
+        return RecordingInfo(
+            path=str(path),
+            exists=path.exists(),
+            recording=writer is not None and not writer.closed,
+            chunks=writer.chunks if writer else None,
+            complete=writer.closed if writer else None,
+        )
 
-    async def wait_recording(self, session_id: str, timeout_s: float = 30.0) -> dict:
+    async def wait_recording(self, session_id: str, timeout_s: float = 30.0) -> RecordingInfo:
         """Wait (at most `timeout_s`) until this replica's recording of the session is complete; its recording_info."""
         _check_session_id(session_id)
         task = self._recordings.get(session_id)
