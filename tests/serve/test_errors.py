@@ -7,6 +7,7 @@ and Ray's wrapping of an actor's exception is built the way Ray builds it.
 from __future__ import annotations
 
 import inspect
+import math
 import pickle
 
 import pytest
@@ -21,6 +22,7 @@ from deployments.http.middleware import BodyLimit
 from deployments.protocol import (
     BadCommand,
     BodyTooLarge,
+    CommandRateLimited,
     CommandTimeout,
     InvalidField,
     NoCapacity,
@@ -57,6 +59,7 @@ CASES = [
     (BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
     (QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
     (NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
+    (CommandRateLimited("command: over the tenant's command_rate of 5/s", retry_after_s=0.4), 429, "command"),
     (ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
     (SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
     (RelayUnavailable("stream: relay failed (RuntimeError: x)"), 503, "stream"),
@@ -108,8 +111,10 @@ def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status
         assert body["ack"] == exc.ack and body["ack"]["ok"] is False
     else:
         assert field in body["detail"] and "ack" not in body
+    if isinstance(exc, CommandRateLimited):
+        assert body["limit"] == "command_rate" and body["retry_after_s"] == exc.retry_after_s
     if exc.retry_after_s is not None:
-        assert r.headers["retry-after"] == str(int(exc.retry_after_s))
+        assert r.headers["retry-after"] == str(max(1, math.ceil(exc.retry_after_s)))  # whole seconds, never 0
     else:
         assert "retry-after" not in r.headers
     assert (r.headers.get("www-authenticate") == "Bearer") == (status == 401)
