@@ -16,54 +16,32 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from ray.exceptions import RayTaskError
 
-from deployments import protocol
+from deployments import protocol as P
 from deployments.http.errors import error_response, install_error_handlers, status_of, ws_close_code
 from deployments.http.middleware import BodyLimit
-from deployments.protocol import (
-    BadCommand,
-    BodyTooLarge,
-    CommandRateLimited,
-    CommandTimeout,
-    InvalidField,
-    NoCapacity,
-    NotFound,
-    QuotaExceeded,
-    RecordingNotFound,
-    RelayUnavailable,
-    ServeError,
-    SessionEnded,
-    SessionNotFound,
-    SessionQueued,
-    SessionStartFailed,
-    ShuttingDown,
-    StreamEnded,
-    Unauthorized,
-    UnknownModel,
-    ViewerTokenRejected,
-    cause_of,
-)
+from deployments.protocol import ServeError, cause_of
 
 CASES = [
-    (InvalidField("format: 'flv' is not one of ['mjpeg', 'mp4', 'msgpack']", field="format"), 422, "format"),
-    (UnknownModel("model: 'x' is not offered; choose one of ['helios-tiny']"), 422, "model"),
-    (BadCommand("args.prompt: Field required", ack={"id": "c1", "ok": False, "error": "args.prompt: Field required", "result": None}),
+    (P.InvalidField("format: 'flv' is not one of ['mjpeg', 'mp4', 'msgpack']", field="format"), 422, "format"),
+    (P.UnknownModel("model: 'x' is not offered; choose one of ['helios-tiny']"), 422, "model"),
+    (P.BadCommand("args.prompt: Field required", ack={"id": "c1", "ok": False, "error": "args.prompt: Field required", "result": None}),
      422, "command"),
-    (Unauthorized("authorization: wrong API key"), 401, "authorization"),
-    (ViewerTokenRejected("token: wrong API key or viewer token"), 401, "token"),
-    (SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
-    (RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
-    (NotFound("path: no static file 'x.js'"), 404, "path"),
-    (SessionQueued("session_id: session is queued (position 2)", position=2), 409, "session_id"),
-    (SessionEnded("session_id: session has ended (deleted)", end_reason="deleted"), 409, "session_id"),
-    (StreamEnded("session_id: session has ended (deleted); see recording.mp4"), 410, "session_id"),
-    (BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
-    (QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
-    (NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
-    (CommandRateLimited("command: over the tenant's command_rate of 5/s", retry_after_s=0.4), 429, "command"),
-    (ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
-    (SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
-    (RelayUnavailable("stream: relay failed (RuntimeError: x)"), 503, "stream"),
-    (CommandTimeout("command: no ack within 30s"), 504, "command"),
+    (P.Unauthorized("authorization: wrong API key"), 401, "authorization"),
+    (P.ViewerTokenRejected("token: wrong API key or viewer token"), 401, "token"),
+    (P.SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
+    (P.RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
+    (P.NotFound("path: no static file 'x.js'"), 404, "path"),
+    (P.SessionQueued("session_id: session is queued (position 2)", position=2), 409, "session_id"),
+    (P.SessionEnded("session_id: session has ended (deleted)", end_reason="deleted"), 409, "session_id"),
+    (P.StreamEnded("session_id: session has ended (deleted); see recording.mp4"), 410, "session_id"),
+    (P.BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
+    (P.QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
+    (P.NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
+    (P.CommandRateLimited("command: over the tenant's command_rate of 5/s", retry_after_s=0.4), 429, "command"),
+    (P.ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
+    (P.SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
+    (P.RelayUnavailable("stream: relay failed (RuntimeError: x)"), 503, "stream"),
+    (P.CommandTimeout("command: no ack within 30s"), 504, "command"),
 ]
 
 
@@ -106,12 +84,12 @@ def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status
     assert r.status_code == status, r.text
     body = r.json()
     assert body["field"] == field and body["detail"] == exc.detail
-    if isinstance(exc, BadCommand):  # the session's refusal names the argument; `field` says it was the command
+    if isinstance(exc, P.BadCommand):  # the session's refusal names the argument; `field` says it was the command
         assert body["detail"].startswith("args.prompt:")
         assert body["ack"] == exc.ack and body["ack"]["ok"] is False
     else:
         assert field in body["detail"] and "ack" not in body
-    if isinstance(exc, CommandRateLimited):
+    if isinstance(exc, P.CommandRateLimited):
         assert body["limit"] == "command_rate" and body["retry_after_s"] == exc.retry_after_s
     if exc.retry_after_s is not None:
         assert r.headers["retry-after"] == str(max(1, math.ceil(exc.retry_after_s)))  # whole seconds, never 0
@@ -121,10 +99,10 @@ def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status
 
 
 def test_every_protocol_error_is_mapped():
-    errors = [c for _, c in inspect.getmembers(protocol, inspect.isclass) if issubclass(c, ServeError) and c is not ServeError]
+    errors = [c for _, c in inspect.getmembers(P, inspect.isclass) if issubclass(c, ServeError) and c is not ServeError]
     assert {type(c[0]) for c in CASES} == set(errors), "a protocol error without a case here"
     for cls in errors:
-        assert status_of(cls("x")) < 500 or cls in (ShuttingDown, SessionStartFailed, RelayUnavailable, CommandTimeout), cls
+        assert status_of(cls("x")) < 500 or cls in (P.ShuttingDown, P.SessionStartFailed, P.RelayUnavailable, P.CommandTimeout), cls
     assert status_of(ServeError("unmapped")) == 500
 
 
@@ -134,7 +112,7 @@ def test_errors_cross_ray_intact(i):
     copy = pickle.loads(pickle.dumps(exc))
     assert type(copy) is type(exc) and vars(copy) == vars(exc) and str(copy) == exc.detail
     wrapped = RayTaskError("m", "tb", copy).as_instanceof_cause()
-    assert isinstance(wrapped, type(exc))  # `except SessionNotFound:` still catches it
+    assert isinstance(wrapped, type(exc))  # `except P.SessionNotFound:` still catches it
     nested = RayTaskError("outer", "tb", wrapped)
     assert cause_of(nested) is copy and vars(cause_of(wrapped)) == vars(exc)
     assert error_response(wrapped).status_code == status_of(exc)
@@ -142,19 +120,19 @@ def test_errors_cross_ray_intact(i):
 
 def test_bad_input_errors_are_value_errors():
     """The relay's callers (and its tests) catch bad input as ValueError."""
-    assert issubclass(InvalidField, ValueError) and issubclass(SessionNotFound, ValueError)
-    assert not issubclass(QuotaExceeded, ValueError)
+    assert issubclass(P.InvalidField, ValueError) and issubclass(P.SessionNotFound, ValueError)
+    assert not issubclass(P.QuotaExceeded, ValueError)
 
 
 def test_unknown_attribute_is_refused():
     with pytest.raises(TypeError, match="position"):
-        SessionEnded("x", position=3)
+        P.SessionEnded("x", position=3)
 
 
 def test_ws_close_codes():
-    assert ws_close_code(Unauthorized("authorization: x")) == 4401
-    assert ws_close_code(ViewerTokenRejected("token: x")) == 4401
-    assert ws_close_code(SessionNotFound("session_id: x")) == 4404
+    assert ws_close_code(P.Unauthorized("authorization: x")) == 4401
+    assert ws_close_code(P.ViewerTokenRejected("token: x")) == 4401
+    assert ws_close_code(P.SessionNotFound("session_id: x")) == 4404
 
 
 def test_validation_and_body_limit_name_the_field(client):
