@@ -1,7 +1,8 @@
 """One detached, named actor per session: the runtime `Session` on a leased shard group.
 
-Frames leave as object refs (each chunk `ray.put` once, kept in a bounded ring that the
-relay long-polls with `wait_chunks`); protocol messages go to a bounded, sequenced log
+Frames leave as object refs (each chunk in the object store once: the ref rank 0 of the
+shard group put, handed on as is; a model without a group is `ray.put` here), kept in a
+bounded ring that the relay long-polls with `wait_chunks`; protocol messages go to a bounded, sequenced log
 that SSE and WebSocket long-poll with `wait_messages`. The actor always gives its group
 back to the registry, whatever ended the session, and lingers briefly so viewers can
 drain the last chunks before its objects die with it.
@@ -49,8 +50,12 @@ class _ActorSink:
         self.actor._from_thread(self.actor._add_message, message)
 
     def on_frames(self, frames: np.ndarray, info: dict) -> None:
-        # Put from the generation thread: the loop never blocks on a copy into the object store.
-        ref = ray.put(np.ascontiguousarray(frames, dtype=np.uint8))
+        # The session releases whole chunks (release="chunk"), so a chunk's `frames_ref` (rank 0's
+        # copy in the object store) holds exactly these frames: hand it on instead of a second copy.
+        ref = info.pop("frames_ref", None)
+        if ref is None:
+            # Put from the generation thread: the loop never blocks on a copy into the object store.
+            ref = ray.put(np.ascontiguousarray(frames, dtype=np.uint8))
         self.actor._from_thread(self.actor._add_chunk, ref, frames.shape, info)
 
 

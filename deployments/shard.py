@@ -2,8 +2,14 @@
 
 Every rank holds a `HeliosStreamPipeline` built with the group's process group (gloo on
 CPU, NCCL on GPU) and receives the same calls in the same order (SPMD). Activations
-never leave the group: only the calls go in and rank 0's `ChunkResult` comes out.
+never leave the group: only the calls go in and rank 0's chunk comes out.
 `ShardGroupEngine` wraps a group as a `StreamEngine`, so `HeliosModel` runs unchanged.
+
+A chunk is begun on every rank (`begin`: its latents) and collected from rank 0 alone
+(`collect`, in its own concurrency group, so it can wait for the frames while the next
+chunk is begun). Rank 0 puts the frames into the object store itself and returns only the
+reference: the one copy of a chunk in the store is that one, and the session hands the
+same reference on to the relay.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.naming import placement_group_name
-from helios.pipeline.engine import SynchronousEngine
+from helios.pipeline.engine import ChunkResult
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,19 @@ class ShardGroupError(RuntimeError):
     """A rank of the shard group died or failed; the group must be rebuilt."""
 
 
-@ray.remote(max_restarts=0)
+@dataclass
+class RemoteChunk:
+    """Rank 0's answer to `collect`: the chunk's frames stay in the object store (one copy)."""
+
+    chunk: int
+    frames_ref: list
+    """[ObjectRef] of the uint8 (frames, H, W, 3) array rank 0 put (a list: Ray passes it on as a ref)."""
+    prompt: str
+    seed: int
+    timings_ms: dict[str, float]
+
+
+@ray.remote(max_restarts=0, concurrency_groups={"collect": 1, "prefetch": 1})
 class ShardWorker:
     """One TP rank: owns its slice of the model and runs the pipeline calls it is sent."""
 
@@ -39,6 +58,8 @@ class ShardWorker:
         self.world_size = world_size
         self.group_id = group_id
         self.pipe = None
+        self._begun: dict[int, Any] = {}  # rank 0: begun chunks by ticket, until collected
+        self._tickets = 0
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free TCP port (rank 0's become the rendezvous address)."""
@@ -71,12 +92,39 @@ class ShardWorker:
     def geometry(self) -> dict:
         """Static facts the engine proxy caches."""
         p = self.pipe
-        return {"height": p.height, "width": p.width, "frames_per_chunk": p.frames_per_chunk, "fps": p.fps}
+        return {"height": p.height, "width": p.width, "frames_per_chunk": p.frames_per_chunk, "fps": p.fps,
+                "chunks_in_flight": p.chunks_in_flight}
 
     def call(self, method: str, args: tuple, kwargs: dict) -> Any:
         """Run one pipeline method; only rank 0 returns its result (the others return None)."""
         result = getattr(self.pipe, method)(*args, **kwargs)
         return result if self.rank == 0 else None
+
+    def begin(self) -> tuple[int, int] | None:
+        """Begin the next chunk on this rank (collective); rank 0 returns (ticket for `collect`, chunk index)."""
+        handle = self.pipe.begin_chunk()
+        if self.rank != 0:
+            return None  # only rank 0's frames leave the group
+        self._tickets += 1
+        self._begun[self._tickets] = handle
+        return self._tickets, handle.chunk
+
+    @ray.method(concurrency_group="collect")
+    def collect(self, ticket: int) -> RemoteChunk:
+        """Rank 0: wait for a begun chunk's frames and put them into the object store, once."""
+        result = self._begun.pop(ticket).result()
+        ref = ray.put(np.ascontiguousarray(result.frames, dtype=np.uint8))
+        return RemoteChunk(chunk=result.chunk, frames_ref=[ref], prompt=result.prompt, seed=result.seed,
+                           timings_ms=result.timings_ms)
+
+    @ray.method(concurrency_group="prefetch")
+    def prefetch(self, prompt: str) -> None:
+        """Queue a prompt for background encoding (never waits for the chunk being generated)."""
+        self.pipe.prefetch_prompt(prompt)
+
+    def worker_id(self) -> str:
+        """This worker's Ray id (tests compare it with the owner of the frames' object refs)."""
+        return ray.get_runtime_context().get_worker_id()
 
     def get(self, attr: str) -> Any:
         """Read a pipeline attribute (no collective involved)."""
@@ -156,7 +204,25 @@ def destroy_shard_group(group: ShardGroup) -> None:
             logger.warning("group %s: removing its placement group failed: %s", group.group_id, exc)
 
 
-class ShardGroupEngine(SynchronousEngine):
+class GroupChunk:
+    """A chunk begun on every rank; `result()` fetches rank 0's frames from the object store (zero-copy)."""
+
+    def __init__(self, engine: "ShardGroupEngine", chunk: int, collect_ref):
+        self.chunk = chunk
+        self._engine = engine
+        self._collect = collect_ref
+        self._result: ChunkResult | None = None
+
+    def result(self) -> ChunkResult:
+        if self._result is None:
+            remote: RemoteChunk = self._engine._wait([self._collect], "collect")[0]
+            frames = ray.get(remote.frames_ref[0])  # read-only view of the store's copy: no second copy
+            self._result = ChunkResult(chunk=remote.chunk, frames=frames, prompt=remote.prompt, seed=remote.seed,
+                                       timings_ms=remote.timings_ms, frames_ref=remote.frames_ref[0])
+        return self._result
+
+
+class ShardGroupEngine:
     """`StreamEngine` over a shard group: each call goes to every rank, rank 0's answer comes back."""
 
     def __init__(self, group: ShardGroup, *, call_timeout_s: float = 600.0):
@@ -165,6 +231,7 @@ class ShardGroupEngine(SynchronousEngine):
         self.width = group.geometry["width"]
         self.frames_per_chunk = group.geometry["frames_per_chunk"]
         self.fps = group.geometry["fps"]
+        self.chunks_in_flight = int(group.geometry["chunks_in_flight"])
         self.call_timeout_s = call_timeout_s
         self.failure: str | None = None
         """Why the group broke (None while healthy); the session reports it to the registry."""
@@ -172,7 +239,12 @@ class ShardGroupEngine(SynchronousEngine):
     def _all(self, method: str, *args, **kwargs) -> Any:
         if self.failure:
             raise ShardGroupError(self.failure)
-        refs = [w.call.remote(method, args, kwargs) for w in self.group.workers]
+        return self._wait([w.call.remote(method, args, kwargs) for w in self.group.workers], method)[0]
+
+    def _wait(self, refs: list, method: str) -> list:
+        """Every rank's answer (refs[i] from rank i); the first failure breaks the group (bad input excepted)."""
+        if self.failure:
+            raise ShardGroupError(self.failure)
         pending = list(refs)
         deadline = time.monotonic() + self.call_timeout_s
         # Wait one by one so the first failed rank surfaces at once (its peers would hang in a collective).
@@ -194,7 +266,7 @@ class ShardGroupEngine(SynchronousEngine):
                     raise cause from None  # bad user input reached the pipeline: not a group failure
                 self.failure = f"shard worker rank {rank} of group {self.group.group_id} failed in {method}: {cause}"
                 raise ShardGroupError(self.failure) from None
-        return ray.get(refs[0])
+        return ray.get(refs)
 
     @property
     def chunk_index(self) -> int:
@@ -212,5 +284,14 @@ class ShardGroupEngine(SynchronousEngine):
     def set_image(self, image, transition="cut") -> None:
         self._all("set_image", image, transition)
 
-    def next_chunk(self):
-        return self._all("next_chunk")
+    def prefetch_prompt(self, prompt: str) -> None:
+        """Start the encode on every rank and return at once (a command calls this under the session lock)."""
+        for w in self.group.workers:
+            w.prefetch.remote(prompt)
+
+    def begin_chunk(self) -> GroupChunk:
+        ticket, chunk = self._wait([w.begin.remote() for w in self.group.workers], "begin_chunk")[0]
+        return GroupChunk(self, chunk, self.group.workers[0].collect.remote(ticket))
+
+    def next_chunk(self) -> ChunkResult:
+        return self.begin_chunk().result()

@@ -304,7 +304,8 @@ class HeliosModel(VideoModel):
             self._frames += n
             ctx.send(event_message("chunk_complete", chunk=plan.chunk, frames=n, prompt=result.prompt, gen_ms=gen_ms))
             self._send_state()
-        ctx.emit_block(result.frames, chunk=plan.chunk, prompt=result.prompt, seed=result.seed)
+        stored = {"frames_ref": result.frames_ref} if result.frames_ref is not None else {}
+        ctx.emit_block(result.frames, chunk=plan.chunk, prompt=result.prompt, seed=result.seed, **stored)
 
     def _plan_chunk(self) -> _Plan:
         """Decide (under the lock) what the next chunk uses, and mark it begun."""

@@ -8,7 +8,7 @@ only ever talks to this protocol, so the same session logic runs everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,10 @@ class ChunkResult:
     """The seed in force when this chunk was generated."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Wall time per stage: 'text', 'denoise', 'decode', 'total'."""
+    frames_ref: Any = None
+    """Where the engine already stored these exact frames (a shard group: rank 0's object-store
+    ref), or None. Travels to the sink as `info["frames_ref"]`, so it can hand the frames on
+    without copying them again."""
 
 
 @runtime_checkable

@@ -20,7 +20,9 @@ class SessionSink(Protocol):
 
     def on_frames(self, frames: np.ndarray, info: dict[str, Any]) -> None:
         """uint8 (N, H, W, 3) frames released at playback time, with `chunk`, `first_frame`,
-        `prompt`, `fps`, `last_of_chunk`."""
+        `prompt`, `fps`, `last_of_chunk`, and `frames_ref` when the engine already stored the
+        chunk's frames somewhere (ChunkResult.frames_ref): a sink that forwards whole chunks
+        (release="chunk") may pass that on instead of copying the frames again."""
         ...
 
 
