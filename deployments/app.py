@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from deployments.config import DeploymentSpec, ServingConfig, ensure_some_key, load_config, with_env_keys
 from deployments.http.ingress import FrontDoor
@@ -17,12 +18,15 @@ from deployments.naming import FRONT_DOOR_DEPLOYMENT, RELAY_DEPLOYMENT
 from deployments.relay import Relay
 
 
-def serve_options(spec: DeploymentSpec, name: str) -> dict[str, Any]:
+def serve_options(spec: DeploymentSpec, name: str, retry_after_s: float = 5) -> dict[str, Any]:
     """Serve `.options()` of a stateless deployment from its spec."""
     opts: dict[str, Any] = {
         "name": name,
         "ray_actor_options": {"num_cpus": spec.num_cpus},
         "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+        # Over max_queued_requests Serve itself answers (plain text, not our JSON body): make it a 429.
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=retry_after_s),
     }
     if spec.autoscaling is None:
         opts["num_replicas"] = 1
@@ -56,5 +60,5 @@ def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
 def build_app(args: Any) -> Application:
     """Serve application: the relay and the front door (the ingress), configured from `args`."""
     cfg = prepare_config(args)
-    relay = Relay.options(**serve_options(cfg.relay, RELAY_DEPLOYMENT)).bind(cfg.relay.args)
-    return FrontDoor.options(**serve_options(cfg.front_door, FRONT_DOOR_DEPLOYMENT)).bind(cfg, relay)
+    relay = Relay.options(**serve_options(cfg.relay, RELAY_DEPLOYMENT, cfg.retry_after_s)).bind(cfg.relay.args)
+    return FrontDoor.options(**serve_options(cfg.front_door, FRONT_DOOR_DEPLOYMENT, cfg.retry_after_s)).bind(cfg, relay)

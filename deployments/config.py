@@ -78,6 +78,12 @@ class QuotaSpec(_Strict):
     command_rate: RateLimitSpec = Field(
         default_factory=RateLimitSpec, description="Commands per session: token bucket (rate_per_s, burst); over it 429 / WS error."
     )
+    max_streams: int = Field(
+        128, ge=0, description="Video streams (any format, viewer tokens included) open at once on this tenant's sessions; beyond: 429."
+    )
+    max_event_streams: int = Field(
+        128, ge=0, description="SSE and WebSocket connections open at once on this tenant's sessions; beyond: 429."
+    )
 
 
 class TenantSpec(_Strict):
@@ -102,6 +108,9 @@ class DeploymentSpec(_Strict):
 
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica (<= 0.5 on a 2-core laptop).")
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent requests per replica (streams are long-lived).")
+    max_queued_requests: int = Field(
+        128, ge=-1, description="Requests waiting for a free slot of a replica (-1: unbounded); beyond: Serve answers 429 + Retry-After."
+    )
     autoscaling: AutoscalingSpec | None = Field(default_factory=AutoscalingSpec, description="None: a fixed single replica.")
     args: dict[str, Any] = Field(default_factory=dict, description="Extra constructor arguments of the deployment.")
 
@@ -121,6 +130,12 @@ class ServingConfig(_Strict):
     message_log_size: int = Field(1024, ge=16, description="Recent protocol messages a session keeps for SSE/WS replay.")
     session_linger_s: float = Field(15.0, ge=0, description="An ended session's actor stays this long so viewers drain its last chunks.")
     command_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a command's ack before 504.")
+    max_viewers_per_session: int = Field(
+        64, ge=1, description="Readers of one session at once: video streams of every format plus SSE and WebSocket; beyond: 429."
+    )
+    queued_wait_s: float = Field(
+        30.0, gt=0, le=300, description="Long-poll window of a reader waiting for its queued session's admission (one registry call per change)."
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413.")
     cache_dir: str = Field("~/.cache/helios-serve", description="Where preset checkpoints are generated.")
     web_dir: str | None = Field(None, description="Player page folder served at / (the repository's web/ when unset).")

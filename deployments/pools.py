@@ -71,6 +71,7 @@ class Pools:
         self._on_slot = on_slot
         self._started = False
         self._path_lock = asyncio.Lock()
+        self._destroying: set[asyncio.Future] = set()
 
     def start(self) -> None:
         """Fill every pool (idempotent): plain slots at once, shard groups in the background."""
@@ -108,26 +109,34 @@ class Pools:
         slot = pool.leased.pop(session_id)
         if broken and slot is not None:
             logger.warning("group %s is broken (%s): rebuilding it", slot.group_id, broken)
-            destroy_shard_group(slot)
+            self._destroy(slot)
             self.rebuilt += 1
             if not self.closed:
                 self._spawn(self._build(model))
             return True
         if self.closed:
             if slot is not None:
-                destroy_shard_group(slot)
+                self._destroy(slot)
         else:
             pool.free.append(slot)
         return False
 
-    def close(self) -> None:
-        """Build no more and destroy every group (at shutdown)."""
+    def _destroy(self, group: ShardGroup) -> None:
+        """Destroy `group` in a worker thread (placement-group removal is a blocking GCS call); `close` awaits it."""
+        task = asyncio.ensure_future(asyncio.to_thread(destroy_shard_group, group))
+        self._destroying.add(task)
+        task.add_done_callback(self._destroying.discard)
+
+    async def close(self) -> None:
+        """Build no more and destroy every group (at shutdown), off the event loop; returns when all are gone."""
         self.closed = True
         for pool in self.by_model.values():
             for group in pool.groups():
-                destroy_shard_group(group)
+                self._destroy(group)
             pool.free.clear()
             pool.leased.clear()
+        if self._destroying:
+            await asyncio.wait(list(self._destroying))
 
     def group_workers(self, group_id: str) -> list[Any]:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""
@@ -163,7 +172,7 @@ class Pools:
                     await asyncio.sleep(REBUILD_BACKOFF_S)
                     continue
                 if self.closed:
-                    destroy_shard_group(group)
+                    await asyncio.to_thread(destroy_shard_group, group)
                     return
                 logger.info("shard group %s is warm", group.group_id)
                 pool.free.append(group)

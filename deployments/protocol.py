@@ -154,6 +154,8 @@ class RegistryStats(TypedDict):
     sessions: dict[str, dict[str, str]]
     counters: dict[str, int]
     shutting_down: bool
+    readers: dict[str, int]
+    """Open reader leases and refusals per connection cap."""
 
 
 class RecordingInfo(TypedDict):
@@ -251,6 +253,16 @@ class QuotaExceeded(ServeError, field="tenant"):
     """The tenant already holds as many sessions as its quota allows."""
 
 
+class LimitExceeded(ServeError):
+    """Over a configured limit (docs/limits.md): `limit` is its config key, named in the body too."""
+
+    limit: str = "limit"
+
+
+class ConnectionLimitExceeded(LimitExceeded, field="connections"):
+    """One more viewer or message stream would go over a per-session or per-tenant connection cap."""
+
+
 class NoCapacity(ServeError, field="model"):
     """Every shard group of the model is busy and its queue is full."""
 
@@ -271,7 +283,7 @@ class CommandTimeout(ServeError, field="command"):
     """The session did not acknowledge a command in time."""
 
 
-class CommandRateLimited(ServeError, field="command"):
+class CommandRateLimited(LimitExceeded, field="command"):
     """The session's commands came faster than its tenant's `command_rate`; retry after `retry_after_s`."""
 
     limit: str = "command_rate"

@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
-from collections import OrderedDict, deque
-from typing import Any
+from collections import Counter, OrderedDict, deque
+from typing import Any, Literal
 
 import ray
 from ray import serve
 
 from deployments.config import ServingConfig
+from deployments.lookup import get_actor
 from deployments.model_factory import model_factory_for
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name
 from deployments.pools import Pools
 from deployments.protocol import (
     Admission,
+    ConnectionLimitExceeded,
     NoCapacity,
     QuotaExceeded,
     RegistryStats,
+    SessionNotFound,
     SessionRecord,
     SessionStartFailed,
     SessionStatus,
@@ -46,6 +50,70 @@ APP_WATCH_PERIOD_S = 3.0
 STOP_TIMEOUT_S = 60.0
 
 
+ReaderKind = Literal["stream", "events"]
+"""What a reader holds: a video stream (any format), or a message stream (SSE or WebSocket)."""
+
+
+class ReaderTable:
+    """Open readers per session and per (tenant, kind): the connection caps, one truth for every replica.
+
+    A lease a front-door replica could not release (it died) is dropped with its session.
+    """
+
+    def __init__(self) -> None:
+        self.leases: dict[str, tuple[str, str, str]] = {}  # lease -> (session, tenant, kind)
+        self.per_session: Counter[str] = Counter()
+        self.per_tenant: Counter[tuple[str, str]] = Counter()
+        self.refused: Counter[str] = Counter()
+        """Refusals per limit name (max_viewers_per_session, max_streams, max_event_streams)."""
+
+    def open(self, session_id: str, tenant: str, kind: str, *, max_per_session: int, max_per_tenant: int, retry_after_s: float) -> str:
+        if kind not in ("stream", "events"):
+            raise ValueError(f"kind: must be 'stream' or 'events', got {kind!r}")
+        if self.per_session[session_id] >= max_per_session:
+            self.refused["max_viewers_per_session"] += 1
+            raise ConnectionLimitExceeded(
+                f"connections: session already has {max_per_session} readers (video streams + SSE/WebSocket), "
+                f"the max_viewers_per_session limit",
+                limit="max_viewers_per_session",
+                retry_after_s=retry_after_s,
+            )
+        if self.per_tenant[(tenant, kind)] >= max_per_tenant:
+            name = "max_streams" if kind == "stream" else "max_event_streams"
+            what = "video streams" if kind == "stream" else "SSE/WebSocket connections"
+            self.refused[name] += 1
+            raise ConnectionLimitExceeded(
+                f"connections: the tenant's sessions already have {max_per_tenant} {what} open, the {name} limit",
+                limit=name,
+                retry_after_s=retry_after_s,
+            )
+        lease = uuid.uuid4().hex
+        self.leases[lease] = (session_id, tenant, kind)
+        self.per_session[session_id] += 1
+        self.per_tenant[(tenant, kind)] += 1
+        return lease
+
+    def close(self, lease: str) -> None:
+        held = self.leases.pop(lease, None)
+        if held is None:
+            return
+        session_id, tenant, kind = held
+        self.per_session[session_id] -= 1
+        if self.per_session[session_id] <= 0:
+            del self.per_session[session_id]
+        self.per_tenant[(tenant, kind)] -= 1
+        if self.per_tenant[(tenant, kind)] <= 0:
+            del self.per_tenant[(tenant, kind)]
+
+    def drop_session(self, session_id: str) -> None:
+        """The session ended: forget its readers (a replica that died holding one cannot leak it past this)."""
+        for lease in [k for k, v in self.leases.items() if v[0] == session_id]:
+            self.close(lease)
+
+    def snapshot(self) -> dict[str, int]:
+        return {"open": len(self.leases), **{f"refused_{k}": v for k, v in self.refused.items()}}
+
+
 class SessionRegistry:
     """Admission controller and owner of every session and shard group of one Serve app."""
 
@@ -60,6 +128,14 @@ class SessionRegistry:
         self._watching = False
         self._tasks: set[asyncio.Future] = set()
         self.pools = Pools(config, self._spawn, self._admit_waiting)
+        self.readers = ReaderTable()
+        self._status_changed = asyncio.Event()
+        """Set (and replaced) whenever a session leaves the queue or ends: wakes `wait_admitted` callers."""
+
+    def _notify_status(self) -> None:
+        """Wake every `wait_admitted` long poll (each checks its own session and sleeps again if unchanged)."""
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
 
     # ---- background --------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -146,6 +222,7 @@ class SessionRegistry:
                 continue
             rec.status = SessionStatus.STARTING
             self._spawn(self._launch(rec))
+            self._notify_status()
 
     async def _launch(self, rec: SessionRecord) -> bool:
         """Lease a slot, create the session actor on it and start it; on failure the slot is returned."""
@@ -212,6 +289,8 @@ class SessionRegistry:
             return
         rec.end(reason)
         self._remember(rec)
+        self.readers.drop_session(session_id)
+        self._notify_status()
         self.pools.release(rec.model, session_id, broken)
         self._admit_waiting(rec.model)
 
@@ -229,6 +308,47 @@ class SessionRegistry:
         position = list(self.queues[rec.model]).index(session_id) + 1 if rec.status is SessionStatus.QUEUED else None
         return rec.public(position)
 
+    async def wait_admitted(self, session_id: str, timeout_s: float) -> SessionRecord | None:
+        """Long poll: the record once the session is no longer queued, or after `timeout_s` (record as it is).
+
+        Readers of a queued session call this in a loop instead of polling GET: one call
+        per change (admission, end), not two a second per reader.
+        """
+        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 300.0))
+        while True:
+            rec = self.sessions.get(session_id) or self.ended.get(session_id)
+            remaining = deadline - time.monotonic()
+            if rec is None or rec.status is not SessionStatus.QUEUED or remaining <= 0:
+                return await self.get_session(session_id)
+            try:
+                await asyncio.wait_for(self._status_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    # ---- readers (viewers, SSE and WebSocket connections) -----------------------------
+    async def open_reader(self, session_id: str, kind: ReaderKind) -> str:
+        """Count one more reader of the session (a lease id), or raise ConnectionLimitExceeded naming the cap.
+
+        The caps: `max_viewers_per_session` (every kind), and per tenant of the session's
+        owner `max_streams` (video) or `max_event_streams` (SSE + WebSocket).
+        """
+        rec = self.sessions.get(session_id) or self.ended.get(session_id)
+        if rec is None:
+            raise SessionNotFound(f"session_id: no session {session_id!r}")
+        quota = self.config.quota_of(rec.tenant)
+        return self.readers.open(
+            session_id,
+            rec.tenant,
+            kind,
+            max_per_session=self.config.max_viewers_per_session,
+            max_per_tenant=quota.max_streams if kind == "stream" else quota.max_event_streams,
+            retry_after_s=self.config.retry_after_s,
+        )
+
+    async def close_reader(self, lease: str) -> None:
+        """The reader `lease` is gone (idempotent: a lease of an ended session is already dropped)."""
+        self.readers.close(lease)
+
     async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""
         rec = self.sessions.get(session_id)
@@ -240,9 +360,12 @@ class SessionRegistry:
             self.sessions.pop(session_id, None)
             rec.end(reason)
             self._remember(rec)
+            self._notify_status()
             return rec.public()
         try:
-            actor = ray.get_actor(rec.actor_name, namespace=NAMESPACE)
+            actor = await get_actor(rec.actor_name, NAMESPACE)
+            if actor is None:
+                raise ValueError(f"no actor {rec.actor_name!r}")
             await asyncio.wait_for(actor.stop.remote(reason), timeout=STOP_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a dead actor cannot report: end it here
             logger.warning("stopping session %s: %s", session_id, exc)
@@ -266,6 +389,7 @@ class SessionRegistry:
             sessions={sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
             counters={**self.counters, "groups_rebuilt": self.pools.rebuilt},
             shutting_down=self._shutting_down,
+            readers=self.readers.snapshot(),
         )
 
     async def shutdown(self, reason: str = "server_shutdown", exit_actor: bool = False) -> int:
@@ -282,9 +406,10 @@ class SessionRegistry:
                 if rec is not None:
                     rec.end(reason)
                     self._remember(rec)
+        self._notify_status()
         active = list(self.sessions.values())
         await asyncio.gather(*(self.end_session(r.session_id, reason) for r in active), return_exceptions=True)
-        self.pools.close()
+        await self.pools.close()
         if exit_actor:
             asyncio.get_running_loop().call_later(0.2, self._kill_self)
         return len(active)

@@ -27,6 +27,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from deployments.lookup import get_actor
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, is_valid_session_id, session_actor_name
 from deployments.protocol import ChunkBatch, InvalidField, RecordingInfo, SessionNotFound
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
@@ -93,11 +94,11 @@ async def _load_ref(ref: ray.ObjectRef) -> np.ndarray:
 async def _lookup_actor(name: str, namespace: str, attempts: int = 4) -> Any:
     """The named actor, or None when it does not exist (a lookup can fail transiently under load: retried)."""
     for attempt in range(attempts):
-        try:
-            return await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
-        except ValueError:
-            if attempt + 1 < attempts:
-                await asyncio.sleep(0.25 * 2**attempt)  # backoff between GCS lookups
+        handle = await get_actor(name, namespace)
+        if handle is not None:
+            return handle
+        if attempt + 1 < attempts:
+            await asyncio.sleep(0.25 * 2**attempt)  # backoff between GCS lookups
     return None
 
 

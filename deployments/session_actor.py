@@ -20,6 +20,7 @@ import numpy as np
 import ray
 
 from deployments.config import ModelSpec
+from deployments.lookup import get_actor
 from deployments.model_factory import ModelFactory, model_factory_for
 from deployments.naming import NAMESPACE
 from deployments.protocol import (
@@ -360,7 +361,9 @@ class SessionActor:
         if self.engine is not None and self.engine.failure:
             broken = self.engine.failure
         try:
-            registry = ray.get_actor(self.registry_name, namespace=NAMESPACE)
+            registry = await get_actor(self.registry_name, NAMESPACE)
+            if registry is None:
+                raise ValueError(f"no registry {self.registry_name!r}")
             await registry.session_finished.remote(self.session_id, self.end_reason, broken)
         except Exception as exc:  # noqa: BLE001 - registry gone at shutdown: nothing to return to
             logger.warning("session %s could not report its end to the registry: %s", self.session_id, exc)

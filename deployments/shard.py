@@ -168,7 +168,7 @@ async def create_shard_group(
         master_addr, master_port = await workers[0].address.remote()
         geometries = await _gather([w.setup.remote(master_addr, master_port, model_path, dtype, device, overrides) for w in workers])
     except BaseException:
-        remove_placement_group(pg)
+        await asyncio.to_thread(remove_placement_group, pg)  # a GCS round trip: off the registry's loop
         raise
     return ShardGroup(group_id=group_id, workers=workers, geometry=geometries[0], pg=pg)
 

@@ -8,6 +8,7 @@ combines them; the helpers raise the typed errors of `deployments.protocol`, and
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from fastapi import Request, WebSocket
 
 from deployments.auth import Authenticator, bearer_key, token_matches
 from deployments.config import ServingConfig
+from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
-from deployments.naming import NAMESPACE, is_valid_session_id
+from deployments.naming import is_valid_session_id
 from deployments.protocol import (
     CommandTimeout,
     SessionEnded,
@@ -29,10 +31,21 @@ from deployments.protocol import (
     ViewerTokenRejected,
 )
 
-ACTOR_CACHE_SIZE = 4096
-"""Session actor handles a replica keeps before it forgets them all (they are found again by name)."""
-QUEUED_POLL_S = 0.5
-"""How often a reader of a queued session asks the registry whether it was admitted."""
+
+
+class ReaderLease:
+    """One counted reader (video stream, SSE or WebSocket) of a session; released exactly once.
+
+    `release()` is called when the connection ends; should a handler be cancelled before
+    it could (a client gone before the body started), the lease is released when it is
+    garbage collected. Both are fire-and-forget calls: no await on the way out.
+    """
+
+    def __init__(self, registry: Any, lease: str):
+        self._finalizer = weakref.finalize(self, registry.close_reader.remote, lease)
+
+    def release(self) -> None:
+        self._finalizer()
 
 
 class FrontDoorBase:
@@ -44,7 +57,7 @@ class FrontDoorBase:
     relay: Any
     metrics: FrontDoorMetrics
     web_dir: Path
-    _actors: dict[str, Any]
+    _actors: ActorCache
 
     # ---- who is asking -----------------------------------------------------------------
     def _tenant(self, request: Request | WebSocket, *, allow_query: bool = False) -> str | None:
@@ -93,29 +106,23 @@ class FrontDoorBase:
             return rec, False
         raise ViewerTokenRejected("token: wrong API key or viewer token")
 
-    def _actor(self, actor_name: str) -> Any | None:
-        """The session actor's handle, or None once it is gone."""
-        handle = self._actors.get(actor_name)
-        if handle is None:
-            try:
-                handle = ray.get_actor(actor_name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-            if len(self._actors) > ACTOR_CACHE_SIZE:
-                self._actors.clear()
-            self._actors[actor_name] = handle
-        return handle
+    async def _actor(self, actor_name: str) -> Any | None:
+        """The session actor's handle (cached, looked up off the event loop), or None once it is gone."""
+        return await self._actors.get(actor_name)
 
     async def _wait_active(self, rec: SessionRecord) -> SessionRecord:
-        """Hold a reader of a queued session until it is admitted (or ends)."""
+        """Hold a reader of a queued session until it is admitted (or ends): a long poll on the registry."""
         while rec.status is SessionStatus.QUEUED:
-            await asyncio.sleep(QUEUED_POLL_S)
-            fresh = await self._record(rec.session_id)
+            fresh = await self.registry.wait_admitted.remote(rec.session_id, self.config.queued_wait_s)
             if fresh is None:
                 rec.end("ended")
             else:
                 rec = fresh
         return rec
+
+    async def _open_reader(self, rec: SessionRecord, kind: str) -> ReaderLease:
+        """Count a reader against the session's and tenant's caps (ConnectionLimitExceeded: 429)."""
+        return ReaderLease(self.registry, await self.registry.open_reader.remote(rec.session_id, kind))
 
     # ---- commands (HTTP and WebSocket) ---------------------------------------------------
     async def _run_command(self, rec: SessionRecord, cmd: dict) -> dict:
@@ -124,7 +131,7 @@ class FrontDoorBase:
             raise SessionQueued(
                 f"session_id: session is queued (position {rec.position}); commands wait until it is active", position=rec.position
             )
-        actor = self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
+        actor = await self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
         if actor is None:
             raise SessionEnded(f"session_id: session has ended ({rec.end_reason})", end_reason=rec.end_reason)
         timeout = self.config.command_timeout_s
@@ -133,4 +140,5 @@ class FrontDoorBase:
         except TimeoutError:
             raise CommandTimeout(f"command: no ack within {timeout:.0f}s") from None
         except ray.exceptions.RayActorError:
+            self._actors.forget(rec.actor_name)
             raise SessionEnded("session_id: session has ended") from None

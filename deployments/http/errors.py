@@ -1,7 +1,8 @@
 """Every HTTP status a client can see, chosen by exception type, and the one error body shape.
 
 Body: `{"detail": "<field>: <problem>", "field": "<field>"}` for the typed errors of
-`deployments.protocol` (plus `ack` for a refused command), `{"detail": ...}` for request
+`deployments.protocol` (plus `ack` for a refused command, `limit` naming the config key of
+a limit that was hit), `{"detail": ...}` for request
 validation and FastAPI's own errors (unknown route, wrong method). A status is never
 picked from an error's text.
 """
@@ -20,10 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.protocol import (
     BadCommand,
     BodyTooLarge,
-    CommandRateLimited,
     CommandTimeout,
     InvalidField,
     NoCapacity,
+    LimitExceeded,
     NotFound,
     QuotaExceeded,
     RelayUnavailable,
@@ -49,7 +50,7 @@ STATUS: dict[type[ServeError], int] = {
     StreamEnded: 410,
     BodyTooLarge: 413,
     QuotaExceeded: 429,
-    CommandRateLimited: 429,
+    LimitExceeded: 429,
     NoCapacity: 429,
     ShuttingDown: 503,
     SessionStartFailed: 503,
@@ -72,9 +73,10 @@ def error_body(exc: ServeError) -> dict[str, Any]:
     body: dict[str, Any] = {"detail": exc.detail, "field": exc.field}
     if isinstance(exc, BadCommand) and exc.ack is not None:
         body["ack"] = exc.ack
-    if isinstance(exc, CommandRateLimited):
+    if isinstance(exc, LimitExceeded):
         body["limit"] = exc.limit
-        body["retry_after_s"] = exc.retry_after_s
+        if exc.retry_after_s is not None:
+            body["retry_after_s"] = exc.retry_after_s
     return body
 
 

@@ -18,7 +18,9 @@ from deployments.config import ServingConfig
 from deployments.http import routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
 from deployments.http.middleware import BodyLimit
+from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
+from deployments.naming import NAMESPACE
 from deployments.registry import get_or_create_registry
 
 REPO_WEB = Path(__file__).resolve().parents[2] / "web"
@@ -53,4 +55,4 @@ class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, rout
         self.registry = get_or_create_registry(config)
         self.registry.ready.remote(watch_app=True)
         self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
-        self._actors = {}
+        self._actors = ActorCache(NAMESPACE)

@@ -53,7 +53,8 @@ class OpsRoutes(FrontDoorBase):
         """Prometheus text format."""
         stats: RegistryStats = await self.registry.stats.remote()
         active = [sid for sid, s in stats["sessions"].items() if s["status"] == "active"][:METRICS_SESSIONS]
-        calls = [actor.info.remote() for sid in active if (actor := self._actor(session_actor_name(sid))) is not None]
+        actors = await asyncio.gather(*(self._actor(session_actor_name(sid)) for sid in active))
+        calls = [actor.info.remote() for actor in actors if actor is not None]
         results = await asyncio.gather(*calls, return_exceptions=True)  # a session that just ended is left out
         try:
             self.metrics.observe_relay(await asyncio.wait_for(self.relay.stats.remote(), timeout=OPS_TIMEOUT_S))

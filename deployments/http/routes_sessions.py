@@ -89,7 +89,7 @@ class SessionRoutes(FrontDoorBase):
         rec, owner = await self._readable(request, session_id)
         state = {}
         if rec.status is SessionStatus.ACTIVE:
-            actor = self._actor(rec.actor_name)
+            actor = await self._actor(rec.actor_name)
             if actor is not None:
                 try:
                     info: SessionStats = await asyncio.wait_for(actor.info.remote(), timeout=INFO_TIMEOUT_S)

@@ -22,6 +22,7 @@ from deployments.http.errors import field_of, ws_close_code
 from deployments.http.schemas import CommandRequest
 from deployments.protocol import (
     InvalidField,
+    LimitExceeded,
     MessageBatch,
     RecordingNotFound,
     RelayUnavailable,
@@ -71,11 +72,12 @@ class StreamRoutes(FrontDoorBase):
 
     async def _messages(self, rec: SessionRecord, after: int) -> AsyncIterator[tuple[int, Message] | None]:
         """Protocol messages after `after` until session_ended; None items are keep-alive ticks."""
-        actor = self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
+        actor = await self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
         while actor is not None:
             try:
                 out: MessageBatch = await actor.wait_messages.remote(after, POLL_S)
             except ray.exceptions.RayActorError:
+                self._actors.forget(rec.actor_name)
                 break
             if not out.messages:
                 if out.complete:
@@ -99,11 +101,19 @@ class StreamRoutes(FrontDoorBase):
             if not last.strip().isdigit():
                 raise InvalidField("Last-Event-ID: must be a non-negative integer", field="Last-Event-ID")
             after = max(after, int(last))
-        rec = await self._wait_active(rec)
+        lease = await self._open_reader(rec, "events")
+        try:
+            rec = await self._wait_active(rec)
+        except BaseException:
+            lease.release()
+            raise
 
         async def body() -> AsyncIterator[bytes]:
-            async for item in self._messages(rec, after):
-                yield b": keep-alive\n\n" if item is None else _sse(*item)
+            try:
+                async for item in self._messages(rec, after):
+                    yield b": keep-alive\n\n" if item is None else _sse(*item)
+            finally:
+                lease.release()
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -115,8 +125,21 @@ class StreamRoutes(FrontDoorBase):
         except ServeError as exc:
             await websocket.close(code=ws_close_code(exc), reason=exc.detail[:120])
             return
-        await websocket.accept()
-        rec = await self._wait_active(rec)
+        try:
+            lease = await self._open_reader(rec, "events")
+        except LimitExceeded as exc:  # accepted, then closed with 4429 and the limit's name: a client can tell why
+            cause = cause_of(exc)
+            await websocket.accept()
+            await websocket.close(code=ws_close_code(cause), reason=f"{cause.limit}: {cause.detail}"[:120])
+            return
+        try:
+            await websocket.accept()
+            await self._ws_session(websocket, await self._wait_active(rec), owner)
+        finally:
+            lease.release()
+
+    async def _ws_session(self, websocket: WebSocket, rec: SessionRecord, owner: bool) -> None:
+        """Pump messages out and commands in until either side ends."""
         raw_after = websocket.query_params.get("after", "0") or "0"
         after = int(raw_after) if raw_after.isdigit() else 0
 
@@ -169,17 +192,22 @@ class StreamRoutes(FrontDoorBase):
         if format not in STREAM_MEDIA:
             raise InvalidField(f"format: {format!r} is not one of {sorted(STREAM_MEDIA)}", field="format")
         rec, _ = await self._readable(request, session_id)
-        if rec.status is SessionStatus.ENDED and self._actor(rec.actor_name) is None:
+        if rec.status is SessionStatus.ENDED and await self._actor(rec.actor_name) is None:
             raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
-        rec = await self._wait_active(rec)
-        gen = self.relay.options(stream=True).stream.remote(session_id, format, from_)
+        lease = await self._open_reader(rec, "stream")
         try:
-            first = await gen.__anext__()
-        except StopAsyncIteration:
-            raise StreamEnded("session_id: session has ended") from None
-        except Exception as exc:  # noqa: BLE001 - early relay failure → a typed HTTP error, not a broken stream
-            self.metrics.errors.labels("stream").inc()
-            raise _relay_failed("stream", exc) from None
+            rec = await self._wait_active(rec)
+            gen = self.relay.options(stream=True).stream.remote(session_id, format, from_)
+            try:
+                first = await gen.__anext__()
+            except StopAsyncIteration:
+                raise StreamEnded("session_id: session has ended") from None
+            except Exception as exc:  # noqa: BLE001 - early relay failure → a typed HTTP error, not a broken stream
+                self.metrics.errors.labels("stream").inc()
+                raise _relay_failed("stream", exc) from None
+        except BaseException:
+            lease.release()
+            raise
 
         async def pieces() -> AsyncIterator[bytes]:
             yield first
@@ -196,6 +224,7 @@ class StreamRoutes(FrontDoorBase):
                 logger.warning("stream of %s ended with %s", session_id, exc)
             finally:
                 gen.cancel()
+                lease.release()
 
         return StreamingResponse(body(), media_type=STREAM_MEDIA[format], headers={"Cache-Control": "no-cache"})
 

@@ -17,6 +17,8 @@ import pytest
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789",
         "dave": "dave-key-0123456789"}
 APP_NAME = "helios"
+MAX_VIEWERS = 8
+"""max_viewers_per_session of the served test app (small: a flood test needs only a few more)."""
 
 
 def serving_config(tiny_path: str):
@@ -33,7 +35,8 @@ def serving_config(tiny_path: str):
             },
             "tenants": [
                 {"name": "alice", "api_keys": [KEYS["alice"]], "quota": {"max_concurrent_sessions": 4}},
-                {"name": "bob", "api_keys": [KEYS["bob"]], "quota": {"max_concurrent_sessions": 1}},
+                {"name": "bob", "api_keys": [KEYS["bob"]],
+                 "quota": {"max_concurrent_sessions": 1, "max_streams": 1, "max_event_streams": 1}},
                 {"name": "carol", "api_keys": [KEYS["carol"]], "quota": {"max_concurrent_sessions": 2, "max_session_s": 4}},
                 # 3 commands, then one per 100 s: the 4th is refused whatever the machine's speed.
                 {"name": "dave", "api_keys": [KEYS["dave"]],
@@ -44,6 +47,7 @@ def serving_config(tiny_path: str):
             "idle_timeout_s": 90,
             "ring_size": 8,
             "session_linger_s": 2,
+            "max_viewers_per_session": MAX_VIEWERS,
             "front_door": {"num_cpus": 0.1, "autoscaling": None},
             "relay": {"num_cpus": 0.1, "autoscaling": None},
         }

@@ -36,6 +36,9 @@ CASES = [
     (P.StreamEnded("session_id: session has ended (deleted); see recording.mp4"), 410, "session_id"),
     (P.BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
     (P.QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
+    (P.ConnectionLimitExceeded("connections: session has 64 viewers, the max_viewers_per_session limit", limit="max_viewers_per_session"),
+     429, "connections"),
+    (P.LimitExceeded("request: over some limit"), 429, "request"),
     (P.NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
     (P.CommandRateLimited("command: over the tenant's command_rate of 5/s", retry_after_s=0.4), 429, "command"),
     (P.ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
@@ -89,8 +92,9 @@ def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status
         assert body["ack"] == exc.ack and body["ack"]["ok"] is False
     else:
         assert field in body["detail"] and "ack" not in body
-    if isinstance(exc, P.CommandRateLimited):
-        assert body["limit"] == "command_rate" and body["retry_after_s"] == exc.retry_after_s
+    assert body.get("limit") == (exc.limit if isinstance(exc, P.LimitExceeded) else None)
+    if isinstance(exc, P.LimitExceeded):
+        assert body.get("retry_after_s") == exc.retry_after_s
     if exc.retry_after_s is not None:
         assert r.headers["retry-after"] == str(max(1, math.ceil(exc.retry_after_s)))  # whole seconds, never 0
     else:
