@@ -14,28 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections import Counter
 
 import httpx
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-KEY = "bench-key-0123456789"
-
-
-def config():
-    from deployments.config import ServingConfig
-
-    return ServingConfig.model_validate({
-        "app_name": "helios",
-        "models": {"test-pattern": {"kind": "test-pattern", "pool_size": 1, "options": {"height": 64, "width": 64}}},
-        "tenants": [{"name": "bench", "api_keys": [KEY]}],
-        "front_door": {"num_cpus": 0.1, "autoscaling": None},
-        "relay": {"num_cpus": 0.1, "autoscaling": None},
-    })
+from served_app import KEY, served_app, started_session
 
 
 async def flood(base: str, sid: str, seconds: float, clients: int) -> tuple[Counter, list[float]]:
@@ -66,27 +51,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8795)
     args = ap.parse_args()
 
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    ray.init(num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build_app(config()), name="helios", route_prefix="/")
-    base = f"http://127.0.0.1:{args.port}"
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    try:
-        for _ in range(240):  # the pool warms up in the background
-            r = http.post("/v1/sessions", json={"model": "test-pattern"})
-            if r.status_code == 201:
-                break
-            if r.status_code == 202:
-                http.delete(f"/v1/sessions/{r.json()['session_id']}")
-            time.sleep(0.5)
-        sid = r.json()["session_id"]
-        http.post(f"/v1/sessions/{sid}/commands", json={"command": "set_prompt", "args": {"prompt": "flood"}})
-        http.post(f"/v1/sessions/{sid}/commands", json={"command": "start"})
+    with served_app(args.port) as (base, http):
+        sid = started_session(http, "flood")["session_id"]
         time.sleep(1.1)  # refill the bucket: the flood starts from a full burst
         before = http.get(f"/v1/sessions/{sid}").json()["state"].get("current_chunk", 0)
         t0 = time.perf_counter()
@@ -110,10 +76,6 @@ def main() -> None:
             "chunks_during_flood": after["state"].get("current_chunk", 0) - before,
         }), flush=True)
         http.delete(f"/v1/sessions/{sid}")
-    finally:
-        http.close()
-        serve.shutdown()
-        ray.shutdown()
 
 
 if __name__ == "__main__":

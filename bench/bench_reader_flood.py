@@ -14,27 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 
 import httpx
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-KEY = "bench-key-0123456789"
-
-
-def config():
-    from deployments.config import ServingConfig
-
-    return ServingConfig.model_validate({
-        "app_name": "helios",
-        "models": {"test-pattern": {"kind": "test-pattern", "pool_size": 1, "options": {"height": 64, "width": 64}}},
-        "tenants": [{"name": "bench", "api_keys": [KEY]}],
-        "front_door": {"num_cpus": 0.1, "autoscaling": None},
-        "relay": {"num_cpus": 0.1, "autoscaling": None},
-    })
+from served_app import served_app, started_session
 
 
 async def flood(base: str, events_url: str, connections: int, settle_s: float) -> dict:
@@ -83,37 +68,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8796)
     args = ap.parse_args()
 
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    ray.init(num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build_app(config()), name="helios", route_prefix="/")
-    base = f"http://127.0.0.1:{args.port}"
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    try:
-        for _ in range(240):  # the pool warms up in the background
-            r = http.post("/v1/sessions", json={"model": "test-pattern"})
-            if r.status_code == 201:
-                break
-            if r.status_code == 202:
-                http.delete(f"/v1/sessions/{r.json()['session_id']}")
-            time.sleep(0.5)
-        body = r.json()
-        sid = body["session_id"]
-        http.post(f"/v1/sessions/{sid}/commands", json={"command": "set_prompt", "args": {"prompt": "flood"}})
-        http.post(f"/v1/sessions/{sid}/commands", json={"command": "start"})
+    with served_app(args.port) as (base, http):
+        body = started_session(http, "flood")
         t0 = time.perf_counter()
         out = asyncio.run(flood(base, body["urls"]["events"], args.connections, args.settle))
         print(json.dumps({"bench": "reader_flood", "connections": args.connections, **out,
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-        http.delete(f"/v1/sessions/{sid}")
-    finally:
-        http.close()
-        serve.shutdown()
-        ray.shutdown()
+        http.delete(f"/v1/sessions/{body['session_id']}")
 
 
 if __name__ == "__main__":
