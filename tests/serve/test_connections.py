@@ -113,3 +113,23 @@ def test_tenant_stream_caps_name_their_limit(served):
     finally:
         first.stop.set()
         served.delete(sid, "bob")
+
+
+def test_a_reader_of_a_queued_session_starts_at_admission(served):
+    running = [_session(served)[0] for _ in range(2)]  # the test-pattern pool is 2 slots, its queue 1
+    queued = served.create(model="test-pattern")
+    assert queued.status_code == 202, queued.text
+    sid = queued.json()["session_id"]
+    reader = Sse(served.base_url, queued.json()["urls"]["events"])
+    open_before = served.stats()["readers"]["open"]
+    try:
+        reader.start()
+        wait_for(lambda: served.stats()["readers"]["open"] > open_before, 60, "the queued session's reader counted")
+        assert reader.status is None  # held by the registry's long poll: nothing is answered before admission
+        served.delete(running.pop(0))
+        wait_for(lambda: reader.status == 200 and reader.lines > 0, 60, "the reader's first messages after admission")
+        assert served.get(sid)["status"] == "active"
+    finally:
+        reader.stop.set()
+        for s in running + [sid]:
+            served.delete(s)
