@@ -84,7 +84,8 @@ class ShardWorker:
             )
         t0 = time.perf_counter()
         self.pipe = HeliosStreamPipeline.from_pretrained(
-            model_path, tp_group=tp_group, dtype=getattr(torch, dtype), device=device, **overrides
+            model_path, tp_group=tp_group, dtype=getattr(torch, dtype), device=device,
+            decode_frames=self.rank == 0, **overrides  # only rank 0's frames leave the group
         )
         logger.info("group %s rank %d loaded in %.1fs", self.group_id, self.rank, time.perf_counter() - t0)
         return self.geometry()

@@ -66,3 +66,21 @@ def helios_server(ray_cluster, tiny_pipeline_dir):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name].live_server(tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="session")
+def sensitive_vae():
+    """Builds a tiny Wan VAE with diffusers' default init (same weights each call; `dtype` optional).
+
+    Its frames follow the latents by far more than a level (DESIGN 9), unlike the tiny
+    preset's well-conditioned decoder, so a frame comparison that uses it can fail.
+    """
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    def build(dtype=None):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+        return vae.to(dtype) if dtype is not None else vae
+
+    return build

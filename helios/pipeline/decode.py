@@ -110,6 +110,13 @@ class ChunkDecoder:
         self._queue.put(job)
         return job
 
+    def skip(self, height: int, width: int) -> DecodeJob:
+        """A finished job with no frames (0, H, W, 3), for a chunk whose frames nobody reads."""
+        job = DecodeJob(seq=-1, latents=None)  # type: ignore[arg-type]
+        job.finished_at = time.perf_counter()
+        job.future.set_result(np.empty((0, height, width, 3), dtype=np.uint8))
+        return job
+
     def drain(self) -> None:
         """Wait until every submitted chunk is decoded (a job's error stays with its owner)."""
         last = self._last

@@ -89,8 +89,12 @@ class HeliosStreamPipeline:
     """An endless Helios video stream on one device (or one rank of a TP group, SPMD)."""
 
     def __init__(self, *, transformer: HeliosTransformer, vae, tokenizer, text_encoder, scheduler, config: StreamConfig,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                 decode_frames: bool = True):
         self.config = config
+        self.decode_frames = decode_frames
+        """False: chunks come back with no frames (0, H, W, 3) and the VAE only encodes: the ranks
+        of a TP group other than 0, whose frames nobody reads, skip the decode entirely."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.transformer = transformer
@@ -129,7 +133,8 @@ class HeliosStreamPipeline:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path, *, tp_group: GroupLike = None, dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, seed: int = 0, **overrides) -> "HeliosStreamPipeline":
+                        device: str | torch.device | None = None, seed: int = 0, decode_frames: bool = True,
+                        **overrides) -> "HeliosStreamPipeline":
         """Load a diffusers-format Helios folder or a preset name (configs/models/*.yaml).
 
         `overrides` are StreamConfig fields (height, width, pyramid_steps, guidance_scale, ...);
@@ -153,7 +158,8 @@ class HeliosStreamPipeline:
         scheduler = loading.load_scheduler(source.folder, source.scheduler_class)
         logger.info("loaded Helios %s pipeline from %s (%s, %s)", config.variant, source.folder, torch_dtype, device)
         return cls(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder,
-                   scheduler=scheduler, config=config, device=device, dtype=torch_dtype, seed=seed)
+                   scheduler=scheduler, config=config, device=device, dtype=torch_dtype, seed=seed,
+                   decode_frames=decode_frames)
 
     # ------------------------------------------------------------------ controls (StreamEngine)
     @property
@@ -275,7 +281,7 @@ class HeliosStreamPipeline:
 
         # 4. Decode alone (no overlap with neighbouring chunks' latents) to uint8 on the device, once;
         #    with decode_overlap this runs while the caller begins the next chunk.
-        job = self.decoder.submit(latents)
+        job = self.decoder.submit(latents) if self.decode_frames else self.decoder.skip(self.height, self.width)
         self._chunk += 1
         return PipelineChunk(chunk=chunk, prompt=prompt, seed=self._seed, timings=timings, started_at=t_start, job=job)
 

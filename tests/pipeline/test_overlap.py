@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from helios.pipeline import HeliosStreamPipeline
 
@@ -18,33 +19,22 @@ GEOMETRY = dict(height=64, width=64, num_latent_frames_per_chunk=3, pyramid_step
 GATE_TIMEOUT_S = 60.0
 
 
-def sensitive_vae(dtype=None):
-    """A tiny Wan VAE with diffusers' default init: its frames move by far more than a level when
-    the latents change (DESIGN 9), unlike the tiny preset's, so frame comparisons can fail."""
-    import torch
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
-    return vae.to(dtype) if dtype is not None else vae
-
-
-def _pipe(folder, overlap: str) -> HeliosStreamPipeline:
+def _pipe(folder, overlap: str, vae) -> HeliosStreamPipeline:
     pipe = HeliosStreamPipeline.from_pretrained(folder, decode_overlap=overlap, **GEOMETRY)
-    pipe.codec.vae = sensitive_vae()
+    pipe.codec.vae = vae  # frames that follow the latents, so frame comparisons can fail
     return pipe
 
 
 @pytest.fixture(scope="module")
-def sync_pipe(tiny_pipeline_dir):
-    pipe = _pipe(tiny_pipeline_dir, "off")
+def sync_pipe(tiny_pipeline_dir, sensitive_vae):
+    pipe = _pipe(tiny_pipeline_dir, "off", sensitive_vae())
     yield pipe
     pipe.close()
 
 
 @pytest.fixture(scope="module")
-def overlap_pipe(tiny_pipeline_dir):
-    pipe = _pipe(tiny_pipeline_dir, "on")
+def overlap_pipe(tiny_pipeline_dir, sensitive_vae):
+    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
     yield pipe
     pipe.close()
 
@@ -138,8 +128,8 @@ def test_next_chunk_denoises_while_the_previous_one_decodes_in_order(overlap_pip
     assert all(r.timings_ms["decode"] > 0 and r.timings_ms["total"] >= r.timings_ms["decode"] for r in results)
 
 
-def test_close_finishes_every_chunk_still_decoding(tiny_pipeline_dir):
-    pipe = _pipe(tiny_pipeline_dir, "on")
+def test_close_finishes_every_chunk_still_decoding(tiny_pipeline_dir, sensitive_vae):
+    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
     gate, _order, restore = _gate_decode(pipe)
     pipe.reset(1)
     pipe.set_prompt("a red fox running through snow")
@@ -189,10 +179,8 @@ def test_image_encode_waits_for_the_decodes_in_flight(overlap_pipe):
     assert events[-2:] == ["decode-start", "decode-end"]
 
 
-def test_bfloat16_vae_stays_close_to_float32(sync_pipe):
+def test_bfloat16_vae_stays_close_to_float32(sync_pipe, sensitive_vae):
     """The bf16 fast path decodes the same latents to within a fraction of a level on average."""
-    import torch
-
     from helios.pipeline.vae import VideoCodec
 
     bf16 = VideoCodec(sensitive_vae(torch.bfloat16), device=torch.device("cpu"), chunk_latent_frames=3)
@@ -206,3 +194,21 @@ def test_bfloat16_vae_stays_close_to_float32(sync_pipe):
     # Measured: bf16 0.20 levels mean error; another seed moves the frames 1.06 levels on average.
     assert err.mean() < 0.5, f"bf16 VAE: mean error {err.mean():.2f} levels"
     assert other.mean() > 3 * err.mean(), (other.mean(), err.mean())
+
+
+def test_a_rank_that_skips_the_decode_keeps_the_same_stream(tiny_pipeline_dir, sync_pipe):
+    """decode_frames=False (TP ranks other than 0): no frames, no VAE decode, the same latents."""
+    quiet = HeliosStreamPipeline.from_pretrained(tiny_pipeline_dir, decode_overlap="on", decode_frames=False,
+                                                 **GEOMETRY)
+    calls = []
+    quiet.codec.decode = lambda latents: calls.append(1)
+    for p in (quiet, sync_pipe):
+        p.reset(6)
+        p.set_prompt("a red fox running through snow")
+    for _ in range(2):
+        result = quiet.next_chunk()
+        sync_pipe.next_chunk()
+        assert result.frames.shape == (0, 64, 64, 3) and result.frames.dtype == np.uint8
+        assert torch.equal(quiet.last_latents, sync_pipe.last_latents)
+    assert calls == []
+    quiet.close()

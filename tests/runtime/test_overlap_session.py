@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 import torch
 
 from helios.models.helios import HeliosModel
@@ -25,17 +24,9 @@ GEOMETRY = dict(height=64, width=64, num_latent_frames_per_chunk=3, pyramid_step
 TIMEOUT = 300
 
 
-def sensitive_vae():
-    """diffusers' default-init tiny Wan VAE: frames follow the latents (DESIGN 9), so comparisons can fail."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
-
-
-def _pipe(folder, overlap: str) -> HeliosStreamPipeline:
+def _pipe(folder, overlap: str, vae) -> HeliosStreamPipeline:
     pipe = HeliosStreamPipeline.from_pretrained(folder, decode_overlap=overlap, **GEOMETRY)
-    pipe.codec.vae = sensitive_vae()
+    pipe.codec.vae = vae  # frames that follow the latents, so frame comparisons can fail
     return pipe
 
 
@@ -55,9 +46,9 @@ def _released_after_restart(sink: MemorySink, chunk: int) -> int:
     return 0 if cut is None else sum(len(b.frames) for b in sink.blocks[cut:] if b.info["chunk"] == chunk)
 
 
-def test_overlapped_session_keeps_order_and_frames_across_reset(tiny_pipeline_dir, one_torch_thread):
-    pipe = _pipe(tiny_pipeline_dir, "on")
-    reference = _pipe(tiny_pipeline_dir, "off")
+def test_overlapped_session_keeps_order_and_frames_across_reset(tiny_pipeline_dir, one_torch_thread, sensitive_vae):
+    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
+    reference = _pipe(tiny_pipeline_dir, "off", sensitive_vae())
     reference.reset(0)
     reference.set_prompt(PROMPT)
     expected = [reference.next_chunk().frames for _ in range(6)]
