@@ -169,6 +169,26 @@ class RecordingInfo(TypedDict):
     complete: bool | None
 
 
+@dataclass(frozen=True)
+class HlsRequest:
+    """What the front door asks the relay for under `.../hls/`: the playlist (with its delivery
+    directives), the init segment, a segment or a part; `query` is appended to the playlist's URIs."""
+
+    resource: str
+    """"playlist" | "init" | "segment" | "part"."""
+    msn: int | None = None
+    part: int | None = None
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class HlsReply:
+    """The relay's answer to an `HlsRequest`: the bytes and their Content-Type."""
+
+    body: bytes
+    media_type: str
+
+
 # ---- failures -------------------------------------------------------------------------------
 class ServeError(Exception):
     """A failure a client is told about: `detail` is the message, naming `field`.
@@ -231,6 +251,18 @@ class SessionNotFound(NotFound, ValueError, field="session_id"):
 
 class RecordingNotFound(NotFound, field="recording"):
     """The session has no recording (yet)."""
+
+
+class SegmentNotFound(NotFound, field="segment"):
+    """An HLS segment or part outside the playlist's window (or a gap: this replica has no media for it)."""
+
+
+class BadDirective(InvalidField, field="_HLS_msn"):
+    """An HLS delivery directive that is malformed or too far ahead (RFC 8216bis 6.2.5.2: 400 Bad Request)."""
+
+
+class PlaylistNotReady(ServeError, field="_HLS_msn"):
+    """A blocking playlist reload waited three target durations (RFC 8216bis 6.2.5.2: 503), or no segment exists yet."""
 
 
 class SessionQueued(ServeError, field="session_id"):

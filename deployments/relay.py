@@ -29,9 +29,22 @@ from ray import serve
 
 from deployments.lookup import get_actor
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, is_valid_session_id, session_actor_name
-from deployments.protocol import ChunkBatch, InvalidField, RecordingInfo, SessionNotFound
+from deployments.protocol import (
+    BadDirective,
+    ChunkBatch,
+    HlsReply,
+    HlsRequest,
+    InvalidField,
+    PlaylistNotReady,
+    RecordingInfo,
+    SegmentNotFound,
+    SessionNotFound,
+    StreamEnded,
+)
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type, parse_format
+from helios.media.hls import PLAYLIST_MEDIA_TYPE, SEGMENT_MEDIA_TYPE, DirectiveError, HlsTrack
+from helios.media.hlsfeed import HlsFeed
 from helios.media.recording import RecordingWriter
 from helios.media.skipforward import SkipForward, skip_forward
 
@@ -63,6 +76,14 @@ class RelayConfig(BaseModel):
         description="Folder of session recordings: <recordings_dir>/<session_id>/recording.mp4.",
     )
     namespace: str = Field(NAMESPACE, description="Ray namespace of the session actors.")
+    hls_window_segments: int = Field(
+        6, ge=5, le=64, description="Segments (chunks) in the sliding window of a session's HLS playlist (>= 3 target durations)."
+    )
+    hls_part_segments: int = Field(3, ge=1, description="Newest segments whose partial segments the playlist lists.")
+    hls_idle_s: float = Field(30.0, gt=0, description="A session's HLS playlist is dropped this long after its last request.")
+    hls_first_segment_wait_s: float = Field(
+        6.0, gt=0, le=60, description="How long a first playlist request waits for the session's first chunk before a 503."
+    )
 
 
 def _check_session_id(session_id: str) -> str:
@@ -165,6 +186,56 @@ class _Feed:
         self.fanout.close()
 
 
+class _HlsHold:
+    """Keeps one session's feed and HLS playlist alive on this replica while players keep asking for it.
+
+    HLS players are stateless pulls, so the playlist lives until `hls_idle_s` after the last request.
+    """
+
+    def __init__(self, relay: "Relay", session_id: str):
+        self.relay = relay
+        self.session_id = session_id
+        self.feed = relay._acquire(session_id)
+        self.hls: HlsFeed | None = None
+        self.error: str | None = None
+        self.started = asyncio.Event()
+        self.last_access = time.monotonic()
+        self.requests = 0
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.feed.ready.wait()
+            if self.feed.error:
+                self.error = self.feed.error
+                return
+            self.hls = HlsFeed(
+                self.feed.fanout, window=self.relay.config.hls_window_segments, part_segments=self.relay.config.hls_part_segments
+            )
+            self.started.set()
+            idle = self.relay.config.hls_idle_s
+            while (left := self.last_access + idle - time.monotonic()) > 0:
+                await asyncio.sleep(left)  # expiry timer of the stateless players, not a synchronisation
+        finally:
+            self.started.set()
+            self.close()
+
+    def touch(self) -> None:
+        self.last_access = time.monotonic()
+        self.requests += 1
+
+    def close(self) -> None:
+        if self.relay._hls.get(self.session_id) is self:
+            del self.relay._hls[self.session_id]
+        if self.hls is not None:
+            self.hls.close()
+        if self.feed is not None:
+            self.relay._release(self.feed)
+            self.feed = None
+        if not self.task.done() and asyncio.current_task() is not self.task:
+            self.task.cancel()
+
+
 @serve.deployment(name=RELAY_DEPLOYMENT, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
 class Relay:
     """Streams sessions to viewers (mjpeg | mp4 | msgpack) and writes their recordings."""
@@ -178,6 +249,7 @@ class Relay:
         self._recordings: dict[str, asyncio.Task] = {}
         self._writers: dict[str, RecordingWriter] = {}
         self._recording_lock = asyncio.Lock()
+        self._hls: dict[str, _HlsHold] = {}
 
     # ---- feeds -----------------------------------------------------------------------
     def _acquire(self, session_id: str) -> _Feed:
@@ -227,6 +299,64 @@ class Relay:
             if pieces is not None:
                 await pieces.aclose()  # unsubscribes now, not whenever the generator is collected
             self._release(feed)
+
+    async def hls(self, session_id: str, req: HlsRequest) -> HlsReply:
+        """One LL-HLS resource of the session: its media playlist (blocking reload), init segment, a segment or a part."""
+        _check_session_id(session_id)
+        hold = self._hls.get(session_id)
+        if hold is None:
+            hold = self._hls[session_id] = _HlsHold(self, session_id)
+        hold.touch()
+        await hold.started.wait()
+        if hold.error or hold.hls is None:
+            raise SessionNotFound(hold.error or f"session_id {session_id!r}: session not found")
+        feed = hold.hls
+        if feed.track is None:
+            try:
+                await asyncio.wait_for(feed.ready.wait(), self.config.hls_first_segment_wait_s)
+            except TimeoutError:
+                raise PlaylistNotReady(
+                    f"hls: session {session_id} has no chunk yet (not started?); retry", retry_after_s=1.0, field="hls"
+                ) from None
+            if feed.track is None:
+                raise StreamEnded("session_id: session ended before its first chunk")
+        track = feed.track
+        try:
+            if req.resource == "playlist":
+                return await self._hls_playlist(track, req)
+            if req.resource == "init":
+                return HlsReply(track.init_segment, SEGMENT_MEDIA_TYPE)
+            return await self._hls_media(track, req)
+        except DirectiveError as exc:
+            raise BadDirective(str(exc), field=exc.field) from None
+
+    async def _hls_playlist(self, track: HlsTrack, req: HlsRequest) -> HlsReply:
+        timeout = track.hold_timeout_s()
+        if not await track.wait(req.msn, req.part, timeout):
+            where = f"segment {req.msn}" + ("" if req.part is None else f" part {req.part}")
+            raise PlaylistNotReady(
+                f"_HLS_msn: {where} did not appear within {timeout:.0f}s (three target durations)",
+                retry_after_s=float(track.target_duration),
+            )
+        return HlsReply(track.playlist(req.query).encode(), PLAYLIST_MEDIA_TYPE)
+
+    async def _hls_media(self, track: HlsTrack, req: HlsRequest) -> HlsReply:
+        msn = int(req.msn if req.msn is not None else -1)
+        name = f"{msn}.m4s" if req.resource == "segment" else f"{msn}.{req.part}.m4s"
+        last = track.last_msn
+        if last is not None and last < msn <= last + 1 and not track.ended:  # a preload hint: wait for it
+            await track.wait(msn, None, track.hold_timeout_s())
+        if req.resource == "segment":
+            seg = track.segment(msn)
+            body = seg.data if seg is not None else None
+        else:
+            part = track.part(msn, int(req.part or 0))
+            body = part.data if part is not None else None
+        if body is None:
+            raise SegmentNotFound(
+                f"segment: {name} is not in the playlist (segments {track.first_msn}..{track.last_msn}, gaps excluded)"
+            )
+        return HlsReply(body, SEGMENT_MEDIA_TYPE)
 
     async def start_recording(self, session_id: str) -> str:
         """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its path.
@@ -300,12 +430,22 @@ class Relay:
             }
             for sid, feed in self._feeds.items()
         }
-        return {"sessions": sessions, **self._stats.snapshot()}
+        hls = {
+            sid: {
+                "requests": hold.requests,
+                "first_msn": hold.hls.track.first_msn if hold.hls and hold.hls.track else None,
+                "last_msn": hold.hls.track.last_msn if hold.hls and hold.hls.track else None,
+            }
+            for sid, hold in self._hls.items()
+        }
+        return {"sessions": sessions, "hls": hls, **self._stats.snapshot()}
 
     def _recording_file(self, session_id: str) -> Path:
         return Path(self.config.recordings_dir).expanduser() / session_id / "recording.mp4"
 
     def __del__(self) -> None:  # Serve calls it on replica shutdown
+        for hold in list(getattr(self, "_hls", {}).values()):
+            hold.task.cancel()
         for task in getattr(self, "_recordings", {}).values():
             task.cancel()
         for feed in list(getattr(self, "_feeds", {}).values()):

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs (venv, CPU torch, the project, headless Chromium)
+# Installs everything the test suite needs (venv, CPU torch, the project, headless Chromium, ffmpeg)
 # and runs the whole suite. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
 . .venv/bin/activate
-if ! command -v chromium >/dev/null 2>&1; then
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium chromium-driver"
+command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg"   # the LL-HLS tests play the playlist with it
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ]; then
-    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null
+    (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null
   else
-    echo "chromium missing and not root: browser tests will be skipped" >&2
+    echo "missing and not root:$missing (browser / ffmpeg tests will be skipped)" >&2
   fi
 fi
 export RAY_USAGE_STATS_ENABLED=0

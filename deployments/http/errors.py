@@ -20,12 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.protocol import (
     BadCommand,
+    BadDirective,
     BodyTooLarge,
     CommandTimeout,
     InvalidField,
     NoCapacity,
     LimitExceeded,
     NotFound,
+    PlaylistNotReady,
     QuotaExceeded,
     RelayUnavailable,
     ServeError,
@@ -41,6 +43,7 @@ from deployments.protocol import (
 logger = logging.getLogger(__name__)
 
 STATUS: dict[type[ServeError], int] = {
+    BadDirective: 400,
     InvalidField: 422,
     BadCommand: 422,
     Unauthorized: 401,
@@ -55,6 +58,7 @@ STATUS: dict[type[ServeError], int] = {
     ShuttingDown: 503,
     SessionStartFailed: 503,
     RelayUnavailable: 503,
+    PlaylistNotReady: 503,
     CommandTimeout: 504,
 }
 """Status per error type; a subclass without its own entry takes its nearest base's."""

@@ -15,7 +15,7 @@ from ray import serve
 
 from deployments.auth import Authenticator
 from deployments.config import ServingConfig
-from deployments.http import routes_ops, routes_sessions, routes_streams
+from deployments.http import routes_hls, routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
 from deployments.http.middleware import BodyLimit
 from deployments.lookup import ActorCache
@@ -38,13 +38,13 @@ app = FastAPI(
 )
 install_error_handlers(app)
 app.add_middleware(BodyLimit, limit_of=_replica_body_limit)
-for _routes in (routes_sessions, routes_streams, routes_ops):
+for _routes in (routes_sessions, routes_streams, routes_hls, routes_ops):
     app.include_router(_routes.router)
 
 
 @serve.deployment
 @serve.ingress(app)
-class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, routes_ops.OpsRoutes):
+class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, routes_hls.HlsRoutes, routes_ops.OpsRoutes):
     """HTTP API of docs/http-api.md."""
 
     def __init__(self, config: ServingConfig, relay: Any):

@@ -31,6 +31,7 @@ def session_urls(sid: str, token: str) -> SessionUrls:
         stream_mp4=f"{base}/stream?format=mp4&{q}",
         stream_mjpeg=f"{base}/stream?format=mjpeg&{q}",
         stream_msgpack=f"{base}/stream?format=msgpack&{q}",
+        hls=f"{base}/hls/index.m3u8?{q}",
         recording=f"{base}/recording.mp4?{q}",
         player=f"/?session={sid}&{q}",
     )

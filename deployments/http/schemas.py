@@ -26,6 +26,8 @@ class SessionUrls(BaseModel):
     stream_mp4: str
     stream_mjpeg: str
     stream_msgpack: str
+    hls: str
+    """LL-HLS media playlist (CMAF); its segment URIs carry the viewer token too."""
     recording: str
     player: str
 

@@ -118,8 +118,13 @@ class SessionEncoders:
 
     @property
     def init_segment(self) -> bytes:
-        assert self._mp4 is not None, "init segment asked before any mp4 chunk was encoded"
-        return self._mp4.init_segment
+        return self.mp4.init_segment
+
+    @property
+    def mp4(self) -> FragmentedMp4Encoder:
+        """The session's H.264 encoder (exists once the first mp4 chunk was encoded)."""
+        assert self._mp4 is not None, "mp4 encoder asked for before any mp4 chunk was encoded"
+        return self._mp4
 
     async def encode(self, fmt: str, entry: ChunkEntry) -> Any:
         frames = await entry.frames()
@@ -323,6 +328,10 @@ class SessionFanout:
         if not entry.handed_out:
             entry.handed_out = True
             self.stats.record_latency(max(0.0, time.time() - entry.produced_at))
+
+    def chunks(self, viewer: Viewer, fmt: str) -> AsyncIterator[tuple[ChunkEntry, Any]]:
+        """Each chunk queued for `viewer` with its shared `fmt` encoding (for consumers outside this module)."""
+        return self._encoded(viewer, fmt)
 
     async def _encoded(self, viewer: Viewer, fmt: str) -> AsyncIterator[tuple[ChunkEntry, Any]]:
         """Each chunk queued for `viewer` with its `fmt` encoding, until the session ends.

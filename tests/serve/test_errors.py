@@ -30,6 +30,9 @@ CASES = [
     (P.ViewerTokenRejected("token: wrong API key or viewer token"), 401, "token"),
     (P.SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
     (P.RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
+    (P.SegmentNotFound("segment: 9.m4s is not in the playlist"), 404, "segment"),
+    (P.BadDirective("_HLS_part: needs _HLS_msn", field="_HLS_part"), 400, "_HLS_part"),
+    (P.PlaylistNotReady("_HLS_msn: segment 9 did not appear within 6s", retry_after_s=2.0), 503, "_HLS_msn"),
     (P.NotFound("path: no static file 'x.js'"), 404, "path"),
     (P.SessionQueued("session_id: session is queued (position 2)", position=2), 409, "session_id"),
     (P.SessionEnded("session_id: session has ended (deleted)", end_reason="deleted"), 409, "session_id"),
@@ -106,7 +109,7 @@ def test_every_protocol_error_is_mapped():
     errors = [c for _, c in inspect.getmembers(P, inspect.isclass) if issubclass(c, ServeError) and c is not ServeError]
     assert {type(c[0]) for c in CASES} == set(errors), "a protocol error without a case here"
     for cls in errors:
-        assert status_of(cls("x")) < 500 or cls in (P.ShuttingDown, P.SessionStartFailed, P.RelayUnavailable, P.CommandTimeout), cls
+        assert status_of(cls("x")) < 500 or cls in (P.ShuttingDown, P.SessionStartFailed, P.RelayUnavailable, P.CommandTimeout, P.PlaylistNotReady), cls
     assert status_of(ServeError("unmapped")) == 500
 
 
