@@ -17,6 +17,7 @@ from deployments.auth import Authenticator
 from deployments.config import ServingConfig
 from deployments.http import routes_hls, routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
+from deployments.http.hls_players import HlsPlayers
 from deployments.http.middleware import BodyLimit
 from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
@@ -56,3 +57,4 @@ class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, rout
         self.registry.ready.remote(watch_app=True)
         self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
         self._actors = ActorCache(NAMESPACE)
+        self.hls_players = HlsPlayers()

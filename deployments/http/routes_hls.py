@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from deployments.http.base import FrontDoorBase
+from deployments.http.hls_players import HlsPlayers
 from deployments.http.routes_streams import _relay_failed
 from deployments.protocol import (
     BadDirective,
@@ -37,10 +38,14 @@ SEGMENT_CACHE = "public, max-age=60"
 class HlsRoutes(FrontDoorBase):
     """GET .../hls/index.m3u8 and .../hls/{init.mp4 | <msn>.m4s | <msn>.<part>.m4s}."""
 
+    hls_players: HlsPlayers
+
     async def _hls_session(self, request: Request, session_id: str) -> SessionRecord:
         rec, _ = await self._readable(request, session_id)
-        if rec.status is SessionStatus.ENDED and self._actor(rec.actor_name) is None:
+        if rec.status is SessionStatus.ENDED and await self._actor(rec.actor_name) is None:
             raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
+        player = (session_id, request.client.host if request.client else "", request.headers.get("user-agent", ""))
+        await self.hls_players.touch(player, lambda: self._open_reader(rec, "stream"))
         return await self._wait_active(rec)
 
     async def _hls_call(self, session_id: str, req: HlsRequest) -> HlsReply:

@@ -181,3 +181,22 @@ def test_blocking_reload_and_strict_directives_over_http(live):
     assert served.http.get(f"{base}/nope.txt?token={token}").json()["field"] == "segment"
     assert served.http.get(f"{base}/index.m3u8?token=wrong").status_code == 401
     assert served.http.get(f"{base}/index.m3u8").status_code == 401
+
+
+def test_hls_players_count_toward_the_viewer_cap(live):
+    """Each HLS player (address + User-Agent) holds a reader lease while it pulls: one too many is 429."""
+    from tests.serve.conftest import MAX_VIEWERS
+
+    served, sid, urls, _ = live
+    url, token = urls["hls"].split("?token=")
+    statuses = []
+    for i in range(MAX_VIEWERS + 1):
+        r = served.http.get(url, params={"token": token}, headers={"User-Agent": f"player-{i}"})
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert r.json()["limit"] == "max_viewers_per_session", r.json()
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}, statuses
+    # A player already counted keeps playing: its later requests renew its lease.
+    again = served.http.get(url, params={"token": token}, headers={"User-Agent": "player-0"})
+    assert again.status_code == 200, again.text
