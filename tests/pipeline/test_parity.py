@@ -1,4 +1,9 @@
-"""Numerical parity with diffusers' HeliosPyramidPipeline: T2V, I2V, and TP=2 over gloo."""
+"""Numerical parity with diffusers' HeliosPyramidPipeline: T2V, I2V, and TP=2 over gloo.
+
+Tolerances: latents <= 1e-4 (absolute, normalised latents), frames <= 1 level of 255 (uint8
+rounding of float frames that agree to ~1e-3 levels). Each test also shows that the frame
+tolerance can fail: another seed moves the tiny model's frames by > 20 levels on average.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_PROMPT, run_reference
+from conftest import OTHER_PROMPT, PARITY_PROMPT, assert_differs_clearly, run_reference
 
 CHUNKS = 3
 
 
-def run_stream(pipe, *, seed: int, image: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def run_stream(pipe, *, seed: int, image: np.ndarray | None = None,
+               prompt: str = PARITY_PROMPT) -> tuple[torch.Tensor, np.ndarray]:
     pipe.reset(seed)
-    pipe.set_prompt(PARITY_PROMPT)
+    pipe.set_prompt(prompt)
     if image is not None:
         pipe.set_image(image)
     latents, frames = [], []
@@ -40,7 +46,6 @@ def assert_matches(ours_latents, ours_frames, ref_latents, ref_frames):
     n = ref_frames.shape[0]
     frame_err = np.abs(ours_frames[:n].astype(np.float64) - ref_frames.astype(np.float64) * 255.0).max()
     assert frame_err <= 1.0, f"frames differ by {frame_err} levels"
-    assert ref_frames.std() > 0.01  # not a degenerate constant video
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +58,15 @@ def test_t2v_matches_diffusers(stream_pipe, reference_pipe):
     ref_latents, ref_frames = run_reference(reference_pipe, chunks=CHUNKS, seed=7)
     latents, frames = run_stream(stream_pipe, seed=7)
     assert_matches(latents, frames, ref_latents, ref_frames)
+    assert_differs_clearly(frames, run_stream(stream_pipe, seed=8)[1], "another seed")
+    assert_differs_clearly(frames, run_stream(stream_pipe, seed=7, prompt=OTHER_PROMPT)[1], "another prompt")
 
 
 def test_i2v_matches_diffusers(stream_pipe, reference_pipe, reference_image):
     ref_latents, ref_frames = run_reference(reference_pipe, chunks=CHUNKS, seed=3, image=reference_image)
     latents, frames = run_stream(stream_pipe, seed=3, image=reference_image)
     assert_matches(latents, frames, ref_latents, ref_frames)
+    assert_differs_clearly(frames, run_stream(stream_pipe, seed=4, image=reference_image)[1], "another seed")
 
 
 def _free_port() -> int:
@@ -68,7 +76,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.tp
-def test_tp2_matches_diffusers(tiny_pipeline_dir, reference_pipe, tmp_path):
+def test_tp2_matches_diffusers(tiny_pipeline_dir, reference_pipe, stream_pipe, tmp_path):
     worker = Path(__file__).with_name("tp_worker.py")
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -89,3 +97,4 @@ def test_tp2_matches_diffusers(tiny_pipeline_dir, reference_pipe, tmp_path):
         assert result["tp_size"] == 2
         assert_matches(result["latents"], result["frames"].numpy(), ref_latents, ref_frames)
     assert torch.equal(results[0]["frames"], results[1]["frames"])  # SPMD: every rank returns the same frames
+    assert_differs_clearly(results[0]["frames"].numpy(), run_stream(stream_pipe, seed=12)[1], "another seed")

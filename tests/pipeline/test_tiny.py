@@ -66,3 +66,38 @@ def test_bad_variant_and_occupied_path(tmp_path):
     with pytest.raises(ValueError, match="refusing"):
         make_tiny_pipeline(occupied)
     assert (occupied / "precious.txt").read_text() == "keep me"
+
+
+def test_frames_respond_to_seed_prompt_and_time(stream_pipe):
+    """The tiny model's pictures respond: frame-level tests of it can fail (DESIGN section 9)."""
+    from conftest import OTHER_PROMPT, PARITY_PROMPT, assert_differs_clearly, mean_level_diff
+
+    def first_chunk(seed: int, prompt: str):
+        stream_pipe.reset(seed)
+        stream_pipe.set_prompt(prompt)
+        return stream_pipe.next_chunk().frames
+
+    base = first_chunk(0, PARITY_PROMPT)
+    assert_differs_clearly(base, first_chunk(1, PARITY_PROMPT), "another seed")
+    assert_differs_clearly(base, first_chunk(0, OTHER_PROMPT), "another prompt")
+    assert mean_level_diff(base[1:], base[:-1]) > 5.0  # frames vary over time, not one still image
+    assert base.std() > 20.0 and ((base == 0) | (base == 255)).mean() < 0.1  # contrast without clipping
+
+
+def test_vae_decoder_is_well_conditioned(stream_pipe):
+    """A float-rounding-sized latent change moves pixels by well under a level, so 1-level frame parity means something."""
+    stream_pipe.reset(0)
+    stream_pipe.set_prompt("a lighthouse in a storm")
+    stream_pipe.next_chunk()
+    latents = stream_pipe.last_latents.float()
+    codec = stream_pipe.codec
+
+    @torch.no_grad()
+    def levels(z: torch.Tensor) -> torch.Tensor:
+        video = codec.vae.decode(z / codec.inv_std + codec.mean, return_dict=False)[0]
+        return (video.clamp(-1, 1) + 1) * 127.5
+
+    base = levels(latents)
+    gen = torch.Generator().manual_seed(0)
+    nudged = levels(latents + 1e-5 * torch.randn(latents.shape, generator=gen))
+    assert (nudged - base).abs().max().item() < 0.5
