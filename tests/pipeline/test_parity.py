@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OTHER_PROMPT, PARITY_PROMPT, assert_differs_clearly, run_reference
+from conftest import OTHER_PROMPT, PARITY_PROMPT, run_reference
+
+from tests.frame_checks import assert_differs_clearly
 
 CHUNKS = 3
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import ray
 
+from tests.frame_checks import assert_differs_clearly
 from tests.serve.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -272,12 +273,20 @@ def test_msgpack_frames_bit_identical_to_bare_pipeline(scenario, tiny_pipeline_d
             if i == SWITCH_AT:
                 pipe.set_prompt(PROMPTS[1])
             bare.append(pipe.next_chunk().frames)
+        pipe.reset(SEED + 1)  # non-vacuity: another seed, then another prompt, give clearly other frames
+        pipe.set_prompt(PROMPTS[0])
+        other_seed = pipe.next_chunk().frames
+        pipe.reset(SEED)
+        pipe.set_prompt(PROMPTS[1])
+        other_prompt = pipe.next_chunk().frames
     finally:
         destroy_shard_group(group)
     for i, (a, b) in enumerate(zip(served_frames, bare)):
         assert a.shape == b.shape == (33, 128, 128, 3)
         diff = int(np.abs(a.astype(int) - b.astype(int)).max())
         assert np.array_equal(a, b), f"chunk {i}: served frames differ from the bare pipeline (max abs diff {diff})"
+    assert_differs_clearly(served_frames[0], other_seed, "another seed")
+    assert_differs_clearly(served_frames[0], other_prompt, "another prompt")
 
 
 def test_no_actor_or_extra_placement_group_left(served, scenario):
