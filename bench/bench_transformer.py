@@ -225,7 +225,7 @@ def bench_share(args: argparse.Namespace) -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     # one rank alone: the all-reduces are skipped (their cost is what `allreduce_payload_bytes` estimates)
     original = layers.reduce_from_tp_region
-    layers.reduce_from_tp_region = lambda x, tp: x
+    layers.reduce_from_tp_region = lambda x, tp, *name: x
     try:
         for world in args.tp_sizes:
             with torch.device("meta"):

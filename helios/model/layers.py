@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helios.parallel.comm import reduce_from_tp_region, tp_rank, tp_size
+from helios.parallel.comm import PendingReduce, reduce_from_tp_region, reduce_from_tp_region_async, tp_rank, tp_size
 from helios.parallel.group import TPGroup
 
 WeightLoader = Callable[[nn.Parameter, Any], int]
@@ -124,8 +124,14 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
             return F.linear(x, self.weight, self.bias)
-        y = reduce_from_tp_region(F.linear(x, self.weight), self.tp)
+        y = reduce_from_tp_region(F.linear(x, self.weight), self.tp, "row_out")
         return y if self.bias is None else y + self.bias
+
+    def forward_async(self, x: torch.Tensor) -> PendingReduce:
+        """Same result as forward, with the all-reduce left in flight until `.wait()`."""
+        if self.tp_size == 1:
+            return reduce_from_tp_region_async(F.linear(x, self.weight, self.bias), None)
+        return reduce_from_tp_region_async(F.linear(x, self.weight), self.tp, "row_out", self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, in_per_rank={self.in_per_rank}, tp={self.tp_size}"
@@ -148,7 +154,7 @@ class DistributedRMSNorm(nn.Module):
         if self.tp_size == 1:
             return F.rms_norm(x, (self.full_dim,), self.weight, self.eps)
         xf = x.float()
-        sum_sq = reduce_from_tp_region(xf.pow(2).sum(dim=-1, keepdim=True), self.tp)
+        sum_sq = reduce_from_tp_region(xf.pow(2).sum(dim=-1, keepdim=True), self.tp, "norm_sum_sq")
         out = xf * torch.rsqrt(sum_sq / self.full_dim + self.eps) * self.weight.float()
         return out.to(x.dtype)
 

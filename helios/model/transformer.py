@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from helios.config import HeliosConfig
+from helios.model.attention import attend
 from helios.model.inputs import check_forward_inputs
 from helios.model.layers import ColumnParallelLinear, DistributedRMSNorm, RowParallelLinear, set_weight_attrs
 from helios.model.load import load_weights
 from helios.model.rope import HeliosRotaryEmbedding, apply_rope, pad_replicate_3d
-from helios.parallel.comm import gather_uneven, heads_to_seq, seq_to_heads, split_sizes, tp_rank, tp_size
+from helios.parallel.comm import PendingReduce, gather_uneven, heads_to_seq, seq_to_heads, split_sizes, tp_rank, tp_size
 from helios.parallel.group import GroupLike, TPGroup, as_tp_group
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class HeliosAttention(nn.Module):
         self.to_out = nn.ModuleList([RowParallelLinear(inner, dim, tp=tp), nn.Identity()])
         self.norm_q = DistributedRMSNorm(inner, eps=eps, tp=tp)
         self.norm_k = DistributedRMSNorm(inner, eps=eps, tp=tp)
+        self.attn_backend = "sdpa"
+        """helios.model.attention backend name; set_attention_backend() changes it."""
         self.amplify_history = amplify_history
         if amplify_history:
             per_head = history_scale_mode == "per_head"
@@ -130,13 +133,18 @@ class HeliosAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         history_len: int = 0,
         seq_sizes: list[int] | None = None,
-    ) -> torch.Tensor:
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        defer_reduce: bool = False,
+    ) -> torch.Tensor | PendingReduce:
         """Under sequence parallelism (self-attention only) x holds this rank's tokens and
-        `seq_sizes` every rank's token count: all-to-all to all tokens x my heads and back."""
+        `seq_sizes` every rank's token count: all-to-all to all tokens x my heads and back.
+        `kv`: this rank's to_k/to_v outputs computed earlier (`project_kv`); `defer_reduce`:
+        return the output projection's all-reduce in flight (PendingReduce) instead of waiting."""
         kv_source = x if context is None else context
+        k_proj, v_proj = kv if kv is not None else self.project_kv(kv_source)
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads_per_rank, self.head_dim))
-        k = self.norm_k(self.to_k(kv_source)).unflatten(-1, (self.heads_per_rank, self.head_dim))
-        v = self.to_v(kv_source).unflatten(-1, (self.heads_per_rank, self.head_dim))
+        k = self.norm_k(k_proj).unflatten(-1, (self.heads_per_rank, self.head_dim))
+        v = v_proj.unflatten(-1, (self.heads_per_rank, self.head_dim))
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
@@ -146,11 +154,17 @@ class HeliosAttention(nn.Module):
         ulysses = self.sp is not None and context is None
         if ulysses:
             q, k, v = (seq_to_heads(t, self.sp, seq_sizes) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        out = attend(q, k, v, self.attn_backend)
         if ulysses:
             out = heads_to_seq(out.contiguous(), self.sp, seq_sizes)
         out = out.flatten(2).to(q.dtype)
+        if defer_reduce:  # to_out[1] is nn.Identity (diffusers' dropout slot)
+            return self.to_out[0].forward_async(out)
         return self.to_out[1](self.to_out[0](out))
+
+    def project_kv(self, kv_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's to_k and to_v GEMMs (no communication: they can overlap a collective)."""
+        return self.to_k(kv_source), self.to_v(kv_source)
 
 
 class HeliosGELUProjection(nn.Module):
@@ -233,6 +247,9 @@ class HeliosTransformerBlock(nn.Module):
         self.ffn = HeliosFeedForward(dim, config.ffn_dim, tp=tp)
         self.norm3 = HeliosLayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim), requires_grad=False)
+        self.tp_overlap = False
+        """Overlap the self-attention output all-reduce with the cross-attention K/V GEMMs on the
+        text (independent of it); same operations in the same order, so the same numbers."""
 
     def forward(
         self,
@@ -252,13 +269,19 @@ class HeliosTransformerBlock(nn.Module):
 
         # 1. Self-attention over history + current tokens
         normed = modulate(self.norm1(x.float()), shift, scale, h).to(x.dtype)
-        attn = self.attn1(normed, rope=rope, history_len=history_len, seq_sizes=seq_sizes)
+        kv = None
+        if self.tp_overlap:
+            pending = self.attn1(normed, rope=rope, history_len=history_len, seq_sizes=seq_sizes, defer_reduce=True)
+            kv = self.attn2.project_kv(context)
+            attn = pending.wait()
+        else:
+            attn = self.attn1(normed, rope=rope, history_len=history_len, seq_sizes=seq_sizes)
         x = gated_residual(x, attn, gate, h)
 
         # 2. Cross-attention to the text
         start = history_len if self.guidance_cross_attn else 0
         current = x[:, start:]
-        current = current + self.attn2(self.norm2(current.float()).to(x.dtype), context=context)
+        current = current + self.attn2(self.norm2(current.float()).to(x.dtype), context=context, kv=kv)
         x = torch.cat([x[:, :start], current], dim=1) if start else current
 
         # 3. Feed-forward

@@ -1,10 +1,15 @@
 """Named collectives of the tensor-parallel group (Megatron style), all through deepspeed.comm,
-so `forward` code reads like the maths. `tp=None` or a group of one means: no communication."""
+so `forward` code reads like the maths. `tp=None` or a group of one means: no communication.
+Each collective carries a name; with helios.parallel.timing enabled it is timed under it."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 
+from helios.parallel import timing
 from helios.parallel.group import TPGroup
 
 
@@ -30,13 +35,52 @@ def _dscomm(tp: TPGroup):
     return dscomm
 
 
-def reduce_from_tp_region(x: torch.Tensor, tp: TPGroup | None) -> torch.Tensor:
+def _timed(name: str, x: torch.Tensor):
+    """The timer's context for this collective, or a no-op one when timing is off."""
+    timer = timing.ACTIVE
+    return contextlib.nullcontext() if timer is None else timer.time(name, x)
+
+
+def reduce_from_tp_region(x: torch.Tensor, tp: TPGroup | None, name: str = "all_reduce") -> torch.Tensor:
     """Sum partial results of row-parallel layers across the group (in place, returned)."""
     if tp_size(tp) == 1:
         return x
     x = x.contiguous()
-    _dscomm(tp).all_reduce(x, group=tp.group)
+    if timing.ACTIVE is None:
+        _dscomm(tp).all_reduce(x, group=tp.group)
+    else:
+        with timing.ACTIVE.time(name, x):
+            _dscomm(tp).all_reduce(x, group=tp.group)
     return x
+
+
+class PendingReduce:
+    """An all-reduce in flight; `wait()` returns the summed tensor (plus `bias`, if given)."""
+
+    def __init__(self, x: torch.Tensor, work: Any, name: str, bias: torch.Tensor | None = None) -> None:
+        self._x = x
+        self._work = work
+        self._name = name
+        self._bias = bias
+
+    def wait(self) -> torch.Tensor:
+        if self._work is not None:
+            with _timed(f"{self._name}:wait", self._x):
+                self._work.wait()
+            self._work = None
+        return self._x if self._bias is None else self._x + self._bias
+
+
+def reduce_from_tp_region_async(
+    x: torch.Tensor, tp: TPGroup | None, name: str = "all_reduce", bias: torch.Tensor | None = None
+) -> PendingReduce:
+    """Start the all-reduce of `x` and return at once; independent work can run before `wait()`.
+    Collectives still start in program order on every rank, so the result equals the blocking one."""
+    if tp_size(tp) == 1:
+        return PendingReduce(x, None, name, bias)
+    x = x.contiguous()
+    work = _dscomm(tp).all_reduce(x, group=tp.group, async_op=True)
+    return PendingReduce(x, work, name, bias)
 
 
 def gather_from_tp_region(x: torch.Tensor, tp: TPGroup | None, dim: int = -1) -> torch.Tensor:
@@ -45,7 +89,8 @@ def gather_from_tp_region(x: torch.Tensor, tp: TPGroup | None, dim: int = -1) ->
         return x
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(tp.world_size)]
-    _dscomm(tp).all_gather(parts, x, group=tp.group)
+    with _timed("all_gather", x):
+        _dscomm(tp).all_gather(parts, x, group=tp.group)
     return torch.cat(parts, dim=dim)
 
 
@@ -69,9 +114,10 @@ def seq_to_heads(x: torch.Tensor, sp: TPGroup, sizes: list[int]) -> torch.Tensor
     n = sp.world_size
     send = x.view(batch, local, n, heads // n, dim).permute(2, 1, 0, 3, 4).reshape(n * local, batch, heads // n, dim)
     recv = torch.empty(sum(sizes), batch, heads // n, dim, dtype=x.dtype, device=x.device)
-    _dscomm(sp).all_to_all_single(
-        recv, send.contiguous(), output_split_sizes=sizes, input_split_sizes=[local] * n, group=sp.group
-    )
+    with _timed("seq_to_heads", recv):
+        _dscomm(sp).all_to_all_single(
+            recv, send.contiguous(), output_split_sizes=sizes, input_split_sizes=[local] * n, group=sp.group
+        )
     return recv.permute(1, 0, 2, 3)
 
 
@@ -82,7 +128,8 @@ def heads_to_seq(y: torch.Tensor, sp: TPGroup, sizes: list[int]) -> torch.Tensor
     local = sizes[sp.rank]
     send = y.permute(1, 0, 2, 3).contiguous()
     recv = torch.empty(n * local, batch, heads_local, dim, dtype=y.dtype, device=y.device)
-    _dscomm(sp).all_to_all_single(recv, send, output_split_sizes=[local] * n, input_split_sizes=sizes, group=sp.group)
+    with _timed("heads_to_seq", recv):
+        _dscomm(sp).all_to_all_single(recv, send, output_split_sizes=[local] * n, input_split_sizes=sizes, group=sp.group)
     out = recv.view(n, local, batch, heads_local, dim).permute(2, 1, 0, 3, 4)
     return out.reshape(batch, local, n * heads_local, dim)
 
@@ -93,5 +140,6 @@ def gather_uneven(x: torch.Tensor, sp: TPGroup, sizes: list[int], dim: int = 1) 
     pad = [0, 0] * (x.ndim - 1 - (dim % x.ndim)) + [0, longest - x.shape[dim]]
     padded = torch.nn.functional.pad(x, pad).contiguous()
     parts = [torch.empty_like(padded) for _ in range(sp.world_size)]
-    _dscomm(sp).all_gather(parts, padded, group=sp.group)
+    with _timed("gather_uneven", padded):
+        _dscomm(sp).all_gather(parts, padded, group=sp.group)
     return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from helios.dtypes import DTYPE_NAMES, dtype_name
+from helios.model.fast import FastPathConfig
 
 Variant = Literal["distilled", "mid", "base"]
 
@@ -53,6 +54,8 @@ class StreamConfig(BaseModel):
     text_prefetch: bool = Field(
         True, description="Encode a scheduled prompt in the background as soon as it is scheduled "
                           "(one worker thread, bounded), so the chunk that uses it finds it cached.")
+    fast: FastPathConfig = Field(default_factory=FastPathConfig, description="Transformer fast path: compile, "
+                                 "cuda_graphs, attention backend, fp8, tp_overlap, comm_timing (helios.model.fast).")
 
     @field_validator("height", "width")
     @classmethod

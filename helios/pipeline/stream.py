@@ -32,6 +32,7 @@ from helios.pipeline.noise import randn
 from helios.pipeline.sampler import Conditioning, PyramidSampler
 from helios.pipeline.text import PromptEncoder
 from helios.pipeline.vae import VideoCodec, noise_latents
+from helios.pipeline.warmup import prepare_fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class HeliosStreamPipeline:
         self._anchor_blend: _Blend | None = None
         self._pending_video: np.ndarray | None = None
         self.reset(seed)
+        self.fast_report, self.warmup_report = prepare_fast_path(self, config.fast)
 
     # ------------------------------------------------------------------ loading
     @classmethod
