@@ -39,8 +39,9 @@ Gemm = Literal["auto", "scaled_mm", "emulated"]
 DEFAULT_SKIP: tuple[str, ...] = ("condition_embedder.*", "proj_out", "norm_out*", "patch_*")
 """Kept in the model dtype by default: embedders (incl. the fp32 time embedder), adaLN
 projection, output projection (their error is not averaged over depth)."""
-ALWAYS_SKIP: tuple[str, ...] = ("proj_out",)
-"""Never converted: the model reads its dtype from proj_out.weight."""
+ALWAYS_SKIP: tuple[str, ...] = ("proj_out", "condition_embedder.time_embedder", "condition_embedder.time_proj")
+"""Never converted: the model reads its compute dtypes from these weights (and diffusers keeps
+the time embedder in float32)."""
 
 
 class Fp8Error(ValueError):
