@@ -103,10 +103,7 @@ def apply_fast_path(model: nn.Module, config: FastPathConfig, *, device: torch.d
 
     device = torch.device(device)
     if not isinstance(model, HeliosTransformer):
-        levers = config.compile or config.fp8 or config.tp_overlap or config.comm_timing
-        if levers or config.attention not in ("auto", "sdpa"):
-            raise ValueError(f"fast: the fast path needs helios.model.HeliosTransformer, got {type(model).__name__}")
-        return FastPathReport(attention=AttentionChoice(backend="sdpa", reason="foreign transformer: its own SDPA"))
+        raise ValueError(f"fast: the fast path needs helios.model.HeliosTransformer, got {type(model).__name__}")
     if config.cuda_graphs and device.type != "cuda":
         raise ValueError(f"fast.cuda_graphs: CUDA graphs need a CUDA device, this is {device.type}")
     choice = select_backend(device, dtype, config.attention)

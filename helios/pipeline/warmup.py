@@ -45,8 +45,7 @@ def prepare_fast_path(pipe, config: FastPathConfig) -> tuple[FastPathReport, War
 def warm_up(pipe) -> WarmupReport:
     """Run one dummy chunk through the sampler: every stage shape (and CFG branch) executes once."""
     cfg = pipe.config
-    tcfg = pipe.transformer.config
-    text_dim = tcfg.text_dim if not isinstance(tcfg, dict) else tcfg["text_dim"]
+    text_dim = pipe.transformer.config.text_dim
     t0 = time.perf_counter()
     generator = torch.Generator(device=pipe.device).manual_seed(0)
     shape = (1, pipe.channels, cfg.num_latent_frames_per_chunk, *pipe.latent_hw)

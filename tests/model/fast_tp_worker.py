@@ -16,10 +16,10 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
-    from helios.model import HeliosTransformer
     from helios.model.fast import FastPathConfig, apply_fast_path
     from helios.parallel import init_tp_group
     from helios.parallel import timing
+    from helios.weights import from_pretrained
 
     inputs = torch.load(inputs_file)
     out = Path(out_dir)
@@ -31,14 +31,14 @@ def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str
         "compiled": FastPathConfig(attention="sdpa", compile=True, compile_backend="aot_eager"),
     }
     for tag, config in runs.items():
-        model = HeliosTransformer.from_pretrained(checkpoint, tp_group=tp)
+        model = from_pretrained(checkpoint, tp_group=tp)
         report = apply_fast_path(model, config, device="cpu", dtype=torch.float32)
         with torch.no_grad():
             result = model(**inputs)
         torch.save(result, out / f"{tag}_rank{rank}.pt")
         if tag == "fp8":
             (out / f"fp8_converted_rank{rank}.json").write_text(json.dumps(report.fp8.converted))
-    model = HeliosTransformer.from_pretrained(checkpoint, tp_group=tp)
+    model = from_pretrained(checkpoint, tp_group=tp)
     timer = timing.enable_comm_timing("cpu")
     with torch.no_grad():
         model(**inputs)

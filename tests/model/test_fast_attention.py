@@ -9,7 +9,6 @@ import pytest
 import torch
 from model_inputs import make_inputs
 
-from helios.model import HeliosTransformer
 from helios.model.attention import (
     AttentionBackendError,
     DeviceCapabilities,
@@ -17,6 +16,7 @@ from helios.model.attention import (
     select_backend,
     set_attention_backend,
 )
+from helios.weights import from_pretrained
 
 H100 = dict(device_type="cuda", compute_capability=(9, 0), sdpa_flash=True, sdpa_cudnn=True)
 A100 = dict(device_type="cuda", compute_capability=(8, 0), sdpa_flash=True, sdpa_cudnn=True)
@@ -88,7 +88,7 @@ def test_math_backend_equals_reference_attention():
 
 
 def test_model_with_math_backend_matches_eager_sdpa(tiny_ckpt):
-    model = HeliosTransformer.from_pretrained(tiny_ckpt)
+    model = from_pretrained(tiny_ckpt)
     with torch.no_grad():
         reference = model(**make_inputs())
         assert set_attention_backend(model, "math") == 2 * model.config.num_layers

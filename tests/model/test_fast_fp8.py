@@ -7,10 +7,10 @@ import pytest
 import torch
 from model_inputs import make_inputs
 
-from helios.model import ColumnParallelLinear, HeliosTransformer, RowParallelLinear
+from helios.model import ColumnParallelLinear, RowParallelLinear
 from helios.model.fp8 import FP8_DTYPE, Fp8Error, Fp8Linear, convert_linears, dequantize, quantize
 from helios.parallel import TPGroup
-from helios.weights.checkpoint import CheckpointIndex
+from helios.weights import CheckpointIndex, from_pretrained
 
 BLOCK_LINEARS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                  "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
@@ -33,7 +33,7 @@ def test_quantize_error_is_within_e4m3_precision(recipe):
 
 
 def test_converts_block_linears_and_keeps_the_default_opt_outs(tiny_ckpt):
-    model = HeliosTransformer.from_pretrained(tiny_ckpt)
+    model = from_pretrained(tiny_ckpt)
     report = convert_linears(model, gemm="emulated")
     layers = model.config.num_layers
     assert report.converted == [f"blocks.{i}.{n}" for i in range(layers) for n in BLOCK_LINEARS]
@@ -46,7 +46,7 @@ def test_converts_block_linears_and_keeps_the_default_opt_outs(tiny_ckpt):
 
 
 def test_custom_opt_out_patterns_are_respected_and_dtype_anchors_never_convert(tiny_ckpt):
-    model = HeliosTransformer.from_pretrained(tiny_ckpt)
+    model = from_pretrained(tiny_ckpt)
     report = convert_linears(model, skip=["blocks.*.ffn*", "blocks.1"], gemm="emulated")
     blocks = [name for name in report.converted if name.startswith("blocks")]
     assert blocks == [f"blocks.0.{n}" for n in BLOCK_LINEARS if not n.startswith("ffn")]
@@ -58,10 +58,10 @@ def test_custom_opt_out_patterns_are_respected_and_dtype_anchors_never_convert(t
 
 
 def test_loading_into_converted_model_equals_converting_the_loaded_model(tiny_ckpt):
-    loaded_then_converted = HeliosTransformer.from_pretrained(tiny_ckpt)
+    loaded_then_converted = from_pretrained(tiny_ckpt)
     convert_linears(loaded_then_converted, gemm="emulated")
 
-    converted_then_loaded = HeliosTransformer.from_pretrained(tiny_ckpt)
+    converted_then_loaded = from_pretrained(tiny_ckpt)
     convert_linears(converted_then_loaded, gemm="emulated")
     for module in converted_then_loaded.modules():  # scribble over everything, then load again
         for param in module.parameters(recurse=False):
@@ -78,7 +78,7 @@ def test_loading_into_converted_model_equals_converting_the_loaded_model(tiny_ck
     for (name, a), (_, b) in zip(converted_then_loaded.named_buffers(), loaded_then_converted.named_buffers()):
         assert torch.equal(a, b), name
     # unconverted parameters are the checkpoint's tensors bit for bit
-    reference = dict(HeliosTransformer.from_pretrained(tiny_ckpt).named_parameters())
+    reference = dict(from_pretrained(tiny_ckpt).named_parameters())
     assert torch.equal(converted_then_loaded.proj_out.weight, reference["proj_out.weight"])
     assert torch.equal(converted_then_loaded.blocks[0].attn1.to_q.bias, reference["blocks.0.attn1.to_q.bias"])
 
@@ -105,9 +105,9 @@ def test_tp_shards_quantize_their_own_slice():
 
 @pytest.mark.parametrize("recipe", ["rowwise", "tensorwise"])
 def test_fp8_model_close_to_fp32_and_scaled_mm_equals_emulation(tiny_ckpt, recipe):
-    reference = HeliosTransformer.from_pretrained(tiny_ckpt)
-    emulated = HeliosTransformer.from_pretrained(tiny_ckpt)
-    native = HeliosTransformer.from_pretrained(tiny_ckpt)
+    reference = from_pretrained(tiny_ckpt)
+    emulated = from_pretrained(tiny_ckpt)
+    native = from_pretrained(tiny_ckpt)
     convert_linears(emulated, recipe=recipe, gemm="emulated")
     report = convert_linears(native, recipe=recipe, gemm="auto")
     with torch.no_grad():

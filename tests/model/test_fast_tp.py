@@ -51,13 +51,13 @@ def test_compiled_tp_ranks_match_eager(fast_tp_run):
 
 
 def test_fp8_tp_ranks_convert_their_shards_and_stay_close(fast_tp_run, tp_ckpt):
-    from helios.model import HeliosTransformer
     from helios.model.fp8 import convert_linears
+    from helios.weights import from_pretrained
 
     eager = _load(fast_tp_run, "eager")
     fp8 = _load(fast_tp_run, "fp8")
     assert torch.equal(fp8[0], fp8[1])  # both ranks hold the same replicated output
-    tp1 = HeliosTransformer.from_pretrained(tp_ckpt)
+    tp1 = from_pretrained(tp_ckpt)
     expected_names = convert_linears(tp1, gemm="emulated").converted
     for rank in range(WORLD):
         assert json.loads((fast_tp_run / f"fp8_converted_rank{rank}.json").read_text()) == expected_names
