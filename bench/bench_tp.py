@@ -108,8 +108,11 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
 def _summary(world: int, run: dict, repeats: int, layers: int) -> dict:
     """Per-forward collective and compute times from one rank's measurements."""
     comm_s = sum(s["total_ms"] for s in run["stats"].values()) / 1000.0 / repeats
-    row = run["stats"].get("row_out", {"total_ms": 0.0, "calls": 0, "bytes": 0})
-    norm = run["stats"].get("norm_sum_sq", {"total_ms": 0.0, "calls": 0})
+    def total(prefix: str) -> dict:  # "row_out" plus "row_out:wait" (the exposed part of an overlapped one)
+        parts = [s for name, s in run["stats"].items() if name.split(":")[0] == prefix]
+        return {key: sum(p[key] for p in parts) for key in ("total_ms", "calls", "bytes")}
+
+    row, norm = total("row_out"), total("norm_sum_sq")
     timed = statistics.median(run["timed_times"])
     return {
         "median_s": round(statistics.median(run["times"]), 5),

@@ -33,8 +33,8 @@ BF16 = torch.bfloat16
         (dict(A100), BF16, "flash"),
         (dict(H100, has_fa3=True), torch.float32, "efficient"),  # fused fp32 kernels: mem-efficient only
         (dict(device_type="cuda", compute_capability=(7, 5), sdpa_flash=True), torch.float16, "efficient"),
-        (dict(device_type="cpu"), torch.float32, "math"),
-        (dict(device_type="cpu"), BF16, "math"),
+        (dict(device_type="cpu"), torch.float32, "sdpa"),  # torch's fused CPU kernel beats math
+        (dict(device_type="cpu"), BF16, "sdpa"),
     ],
 )
 def test_auto_picks_the_fastest_backend_the_device_runs(caps, dtype, expected):
@@ -66,11 +66,11 @@ def test_forced_backend_that_runs_is_used_and_logged(caplog):
     assert "attention backend flash on cuda sm90 bfloat16 (forced by config)" in caplog.text
 
 
-def test_probe_on_this_cpu_selects_math(caplog):
+def test_probe_on_this_cpu_selects_torch_dispatch(caplog):
     with caplog.at_level(logging.INFO, logger="helios.model.attention"):
         choice = select_backend("cpu", torch.float32)
-    assert choice.backend == "math"
-    assert "attention backend math on cpu float32" in caplog.text
+    assert choice.backend == "sdpa"
+    assert "attention backend sdpa on cpu float32 (torch SDPA dispatch" in caplog.text
 
 
 def test_math_backend_equals_reference_attention():
