@@ -124,6 +124,9 @@ class ServingConfig(_Strict):
     tenants: list[TenantSpec] = Field(default_factory=list, description="Tenants and keys (merged with HELIOS_API_KEYS).")
     default_quota: QuotaSpec = Field(default_factory=QuotaSpec, description="Quota of tenants that set none.")
     queue_size: int = Field(4, ge=0, description="Sessions that may wait per model for a free group; beyond: 429.")
+    max_queued_commands: int = Field(
+        32, ge=0, description="Set-up commands a queued session keeps for its admission (applied in order); beyond: 429."
+    )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 202 and 429.")
     idle_timeout_s: float = Field(120.0, gt=0, description="A session with no viewer, poll or command for this long ends ('idle_timeout').")
     ring_size: int = Field(8, ge=1, description="Recent chunk refs a session keeps for late joiners.")
@@ -135,6 +138,9 @@ class ServingConfig(_Strict):
     )
     queued_wait_s: float = Field(
         30.0, gt=0, le=300, description="Long-poll window of a reader waiting for its queued session's admission (one registry call per change)."
+    )
+    recording_retention_s: float = Field(
+        3600.0, ge=0, description="Session recordings are deleted this long after their session ended (0: at its end)."
     )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413.")
     cache_dir: str = Field("~/.cache/helios-serve", description="Where preset checkpoints are generated.")
@@ -148,6 +154,8 @@ class ServingConfig(_Strict):
             self.default_model = next(iter(self.models))
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models {sorted(self.models)}")
+        if "recording_retention_s" in self.relay.args:
+            raise ValueError("relay.args.recording_retention_s: set recording_retention_s at the top level of the config")
         names = [t.name for t in self.tenants]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

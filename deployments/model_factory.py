@@ -32,6 +32,8 @@ class ModelFactory(Protocol):
 
     needs_group: ClassVar[bool]
     """Whether the model's pool holds shard groups (else plain slots, the model runs in the session actor)."""
+    model_class: ClassVar[type[HeliosModel]]
+    """The model's class: its commands validate a queued session's arguments before the model exists."""
 
     def __call__(self, group: ShardGroup | None, seed: int) -> BuiltModel: ...
 
@@ -41,6 +43,7 @@ class HeliosFactory:
     """`HeliosModel` over the leased group (it resets the engine at chunk 0, so a warm group starts clean)."""
 
     needs_group: ClassVar[bool] = True
+    model_class: ClassVar[type[HeliosModel]] = HeliosModel
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     def __call__(self, group: ShardGroup | None, seed: int) -> BuiltModel:
@@ -56,6 +59,7 @@ class TestPatternFactory:
 
     __test__ = False  # not a pytest test class
     needs_group: ClassVar[bool] = False
+    model_class: ClassVar[type[HeliosModel]] = TestPatternModel
     options: dict[str, Any] = field(default_factory=dict)
     limits: SessionLimits = field(default_factory=SessionLimits)
 

@@ -46,9 +46,16 @@ class ModelPool:
         """Every slot built (free or leased)."""
         return self.building == 0 and len(self.free) + len(self.leased) >= self.spec.pool_size
 
+    def ready(self) -> bool:
+        """At least one slot built (free or leased): a session is admitted now or as soon as one ends.
+
+        Readiness, not warmth: `warm()` waits for every slot, this for the first one.
+        """
+        return bool(self.free or self.leased)
+
     def stats(self, queued: int) -> PoolStats:
         return PoolStats(free=len(self.free), leased=len(self.leased), building=self.building, queued=queued,
-                         failed_builds=self.failed_builds, last_error=self.last_error)
+                         failed_builds=self.failed_builds, last_error=self.last_error, ready=self.ready())
 
     def groups(self) -> list[ShardGroup]:
         return [s for s in list(self.free) + list(self.leased.values()) if s is not None]

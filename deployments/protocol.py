@@ -144,6 +144,8 @@ class PoolStats(TypedDict):
     queued: int
     failed_builds: int
     last_error: str | None
+    ready: bool
+    """At least one slot built (free or leased): the model can serve sessions (readiness)."""
 
 
 class RegistryStats(TypedDict):
@@ -156,6 +158,18 @@ class RegistryStats(TypedDict):
     shutting_down: bool
     readers: dict[str, int]
     """Open reader leases and refusals per connection cap."""
+    ready: bool
+    """Every pool ready and the server not shutting down (GET /readyz)."""
+
+
+@dataclass(frozen=True)
+class CommandQueued:
+    """Answer of `SessionRegistry.queue_command`: the set-up command is kept and applied, in order, at admission."""
+
+    position: int | None
+    """The session's place in its model's queue (1 = next)."""
+    queued: int
+    """Commands now waiting for this session (this one included)."""
 
 
 class RecordingInfo(TypedDict):
@@ -266,7 +280,7 @@ class PlaylistNotReady(ServeError, field="_HLS_msn"):
 
 
 class SessionQueued(ServeError, field="session_id"):
-    """The session still waits for a shard group: commands wait until it is active."""
+    """The session still waits for a shard group and the command is not a set-up command (those are queued)."""
 
     position: int | None = None
 
@@ -289,6 +303,12 @@ class LimitExceeded(ServeError):
     """Over a configured limit (docs/limits.md): `limit` is its config key, named in the body too."""
 
     limit: str = "limit"
+
+
+class QueuedCommandsFull(LimitExceeded, field="command"):
+    """A queued session already holds `max_queued_commands` set-up commands."""
+
+    limit: str = "max_queued_commands"
 
 
 class ConnectionLimitExceeded(LimitExceeded, field="connections"):

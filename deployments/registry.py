@@ -27,10 +27,13 @@ from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name,
 from deployments.pools import Pools
 from deployments.protocol import (
     Admission,
+    CommandQueued,
     ConnectionLimitExceeded,
     NoCapacity,
+    QueuedCommandsFull,
     QuotaExceeded,
     RegistryStats,
+    SessionEnded,
     SessionNotFound,
     SessionRecord,
     SessionStartFailed,
@@ -123,6 +126,10 @@ class SessionRegistry:
         self.sessions: dict[str, SessionRecord] = {}
         self.ended: OrderedDict[str, SessionRecord] = OrderedDict()
         self.queues: dict[str, deque[str]] = {m: deque() for m in config.models}
+        self.pending: dict[str, list[dict]] = {}
+        """Queued session id -> its set-up commands, handed to its actor at admission (deployments/setup_commands.py)."""
+        self._launching: dict[str, asyncio.Event] = {}
+        """Sessions between leaving the queue and their actor's start: set once started (or failed)."""
         self.counters = {"sessions_created": 0, "sessions_rejected": 0, "sessions_failed": 0}
         self._shutting_down = False
         self._watching = False
@@ -206,7 +213,7 @@ class SessionRegistry:
         self.sessions[sid] = rec
         self.counters["sessions_created"] += 1
         if has_free:
-            rec.status = SessionStatus.STARTING
+            self._starting(rec)
             if not await self._launch(rec):
                 raise SessionStartFailed(f"session: session could not start: {rec.end_reason}", retry_after_s=retry)
             return Admission(SessionStatus.ACTIVE, rec.public())
@@ -220,12 +227,59 @@ class SessionRegistry:
             rec = self.sessions.get(queue.popleft())
             if rec is None or rec.status is not SessionStatus.QUEUED:
                 continue
-            rec.status = SessionStatus.STARTING
+            self._starting(rec)
             self._spawn(self._launch(rec))
             self._notify_status()
 
+    def _starting(self, rec: SessionRecord) -> None:
+        """Leave the queue: from now on commands go to the actor (once it started), none are kept."""
+        rec.status = SessionStatus.STARTING
+        self._launching[rec.session_id] = asyncio.Event()
+
+    async def queue_command(self, session_id: str, cmd: dict) -> CommandQueued | None:
+        """Keep a set-up command of a queued session for its admission; None once it left the queue
+        (then its actor has started, or failed to: send the command to it as to any session).
+
+        Raises SessionNotFound, SessionEnded, or QueuedCommandsFull over `max_queued_commands`.
+        """
+        rec = self.sessions.get(session_id)
+        if rec is None:
+            gone = self.ended.get(session_id)
+            if gone is None:
+                raise SessionNotFound(f"session_id: no session {session_id!r}")
+            raise SessionEnded(f"session_id: session has ended ({gone.end_reason})", end_reason=gone.end_reason)
+        if rec.status is SessionStatus.QUEUED:
+            kept = self.pending.setdefault(session_id, [])
+            most = self.config.max_queued_commands
+            if len(kept) >= most:
+                raise QueuedCommandsFull(
+                    f"command: {len(kept)} commands already wait for this queued session; the max_queued_commands "
+                    f"limit is {most} (they are applied at admission; send more once it is active)"
+                )
+            kept.append(cmd)
+            return CommandQueued(position=self._position(rec), queued=len(kept))
+        launching = self._launching.get(session_id)
+        if launching is not None:
+            await launching.wait()
+        return None
+
+    def _position(self, rec: SessionRecord) -> int | None:
+        if rec.status is not SessionStatus.QUEUED or rec.session_id not in self.queues[rec.model]:
+            return None
+        return list(self.queues[rec.model]).index(rec.session_id) + 1
+
     async def _launch(self, rec: SessionRecord) -> bool:
-        """Lease a slot, create the session actor on it and start it; on failure the slot is returned."""
+        """Lease a slot, create the session actor on it and start it (with the commands kept while it
+        was queued); on failure the slot is returned."""
+        try:
+            return await self._launch_once(rec)
+        finally:
+            launching = self._launching.pop(rec.session_id, None)
+            if launching is not None:
+                launching.set()
+
+    async def _launch_once(self, rec: SessionRecord) -> bool:
+        pending = self.pending.pop(rec.session_id, [])
         slot: ShardGroup | None = self.pools.lease(rec.model, rec.session_id)
         rec.group_id = slot.group_id if slot is not None else None
         cfg = self.config
@@ -261,7 +315,7 @@ class SessionRegistry:
                     command_rate=cfg.quota_of(rec.tenant).command_rate,
                 )
             )
-            await actor.start.remote()
+            await actor.start.remote(pending)
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
             self.counters["sessions_failed"] += 1
@@ -305,8 +359,7 @@ class SessionRegistry:
         rec = self.sessions.get(session_id) or self.ended.get(session_id)
         if rec is None:
             return None
-        position = list(self.queues[rec.model]).index(session_id) + 1 if rec.status is SessionStatus.QUEUED else None
-        return rec.public(position)
+        return rec.public(self._position(rec))
 
     async def wait_admitted(self, session_id: str, timeout_s: float) -> SessionRecord | None:
         """Long poll: the record once the session is no longer queued, or after `timeout_s` (record as it is).
@@ -358,6 +411,7 @@ class SessionRegistry:
             if session_id in self.queues[rec.model]:
                 self.queues[rec.model].remove(session_id)
             self.sessions.pop(session_id, None)
+            self.pending.pop(session_id, None)
             rec.end(reason)
             self._remember(rec)
             self._notify_status()
@@ -383,13 +437,15 @@ class SessionRegistry:
         for r in self.sessions.values():
             t = tenants.setdefault(r.tenant, {"active": 0, "queued": 0})
             t["queued" if r.status is SessionStatus.QUEUED else "active"] += 1
+        models = {m: p.stats(queued=len(self.queues[m])) for m, p in self.pools.by_model.items()}
         return RegistryStats(
             tenants=tenants,
-            models={m: p.stats(queued=len(self.queues[m])) for m, p in self.pools.by_model.items()},
+            models=models,
             sessions={sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
             counters={**self.counters, "groups_rebuilt": self.pools.rebuilt},
             shutting_down=self._shutting_down,
             readers=self.readers.snapshot(),
+            ready=not self._shutting_down and all(p["ready"] for p in models.values()),
         )
 
     async def shutdown(self, reason: str = "server_shutdown", exit_actor: bool = False) -> int:
@@ -403,6 +459,7 @@ class SessionRegistry:
             while queue:
                 sid = queue.popleft()
                 rec = self.sessions.pop(sid, None)
+                self.pending.pop(sid, None)
                 if rec is not None:
                     rec.end(reason)
                     self._remember(rec)

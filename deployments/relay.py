@@ -45,13 +45,16 @@ from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type, parse_format
 from helios.media.hls import PLAYLIST_MEDIA_TYPE, SEGMENT_MEDIA_TYPE, DirectiveError, HlsTrack
 from helios.media.hlsfeed import HlsFeed
-from helios.media.recording import RecordingWriter
+from helios.media.recording import RecordingStore, RecordingWriter
 from helios.media.skipforward import SkipForward, skip_forward
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDINGS_TRACKED = 1024
 """Finished recordings whose state (chunks, complete) a replica remembers for recording_info."""
+
+RECORDING_SWEEP_S = 60.0
+"""How often a replica deletes expired recordings nobody scheduled (those of a restarted replica)."""
 
 TOUCH_PERIOD_S = 5.0
 """How often a feed with viewers calls the session actor's touch() (keeps its idle timeout away)."""
@@ -74,6 +77,9 @@ class RelayConfig(BaseModel):
     recordings_dir: str = Field(
         default_factory=lambda: os.path.join(tempfile.gettempdir(), "helios-recordings"),
         description="Folder of session recordings: <recordings_dir>/<session_id>/recording.mp4.",
+    )
+    recording_retention_s: float = Field(
+        3600.0, ge=0, description="A recording is deleted this long after its session ended (0: at the end). Set from the serving config."
     )
     namespace: str = Field(NAMESPACE, description="Ray namespace of the session actors.")
     hls_window_segments: int = Field(
@@ -250,6 +256,8 @@ class Relay:
         self._writers: dict[str, RecordingWriter] = {}
         self._recording_lock = asyncio.Lock()
         self._hls: dict[str, _HlsHold] = {}
+        self._store = RecordingStore(self.config.recordings_dir, self.config.recording_retention_s)
+        self._sweeper: asyncio.Task | None = None
 
     # ---- feeds -----------------------------------------------------------------------
     def _acquire(self, session_id: str) -> _Feed:
@@ -366,6 +374,7 @@ class Relay:
         """
         _check_session_id(session_id)
         path = self._recording_file(session_id)
+        self._ensure_sweeper()
         async with self._recording_lock:
             if session_id in self._writers or path.exists():
                 return str(path)
@@ -386,6 +395,7 @@ class Relay:
 
         def done(_: asyncio.Task) -> None:
             self._recordings.pop(session_id, None)
+            self._store.finished(session_id)  # the session ended: its retention starts now
             self._release(feed)
 
         task.add_done_callback(done)
@@ -441,11 +451,36 @@ class Relay:
         return {"sessions": sessions, "hls": hls, **self._stats.snapshot()}
 
     def _recording_file(self, session_id: str) -> Path:
-        return Path(self.config.recordings_dir).expanduser() / session_id / "recording.mp4"
+        return self._store.path(session_id)
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """Delete expired recordings this replica did not schedule (written before a restart)."""
+        while True:
+            try:
+                await asyncio.to_thread(self._store.sweep, self._session_alive, set(self._recordings))
+            except OSError as exc:  # the folder is unreadable now: try again next period
+                logger.warning("recording sweep of %s failed: %s", self._store.root, exc)
+            await asyncio.sleep(RECORDING_SWEEP_S)
+
+    def _session_alive(self, session_id: str) -> bool:
+        """Whether the session's actor still exists (blocking: the sweep runs in a thread)."""
+        try:
+            ray.get_actor(session_actor_name(session_id), namespace=self.config.namespace)
+        except ValueError:
+            return False
+        return True
 
     def __del__(self) -> None:  # Serve calls it on replica shutdown
         for hold in list(getattr(self, "_hls", {}).values()):
             hold.task.cancel()
+        if getattr(self, "_sweeper", None) is not None:
+            self._sweeper.cancel()
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
         for task in getattr(self, "_recordings", {}).values():
             task.cancel()
         for feed in list(getattr(self, "_feeds", {}).values()):

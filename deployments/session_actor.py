@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 import ray
@@ -95,6 +96,8 @@ class SessionActor:
         self.idle_timeout_s = idle_timeout_s
         self.max_session_s = max_session_s
         self.linger_s = linger_s
+        self.pending_timeout_s = 30.0
+        """Longest wait for each command kept while queued, at start."""
         # One bucket per session, here and not in a front-door replica: every replica sees the same rate.
         self.command_bucket = TokenBucket.from_spec(command_rate or RateLimitSpec())
         self.ring: deque[ChunkItem] = deque(maxlen=ring_size)
@@ -123,12 +126,18 @@ class SessionActor:
         """Set once start() has finished (successfully or not): commands wait for it."""
 
     # ---- start-up -------------------------------------------------------------------
-    async def start(self) -> SessionStarted:
-        """Build the model on the leased group and start generation; raises if the model cannot start."""
+    async def start(self, pending: list[dict] | None = None) -> SessionStarted:
+        """Build the model on the leased group, start the session and apply `pending` (the set-up
+        commands kept while it was queued) in order; raises if the model cannot start.
+
+        Commands sent meanwhile wait for `_ready`, so they come after every pending one.
+        """
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         try:
             await asyncio.to_thread(self._build)
+            if pending:
+                await asyncio.to_thread(self._apply_pending, list(pending))
         except BaseException as exc:
             await self._finalize(f"error: could not start the model: {exc}", start_failed=True)
             raise
@@ -142,6 +151,18 @@ class SessionActor:
         self.model, self.engine = built.model, built.engine
         self.session = Session(self.model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
         self.session.start()
+
+    def _apply_pending(self, pending: list[dict]) -> None:
+        """Submit every kept command in order, then wait for their acks (they go to the message log)."""
+        with self._cmd_lock:
+            futures = [self.session.submit(cmd) for cmd in pending]
+        for fut in futures:
+            try:
+                fut.result(self.pending_timeout_s)
+            except FutureTimeout:
+                # Still queued in the session, in order: its ack comes on the message log later.
+                logger.warning("session %s: a queued command is still running after %.0f s", self.session_id, self.pending_timeout_s)
+                return
 
     def _geometry(self) -> dict:
         engine = getattr(self.model, "engine", None)
@@ -273,8 +294,9 @@ class SessionActor:
                 f"retry after {wait:.2f} s",
                 retry_after_s=wait,
             )
-        if self.session is None and not self.ended:
-            # Admitted from the queue a moment ago: the model is still being built.
+        if not self._ready.is_set():
+            # Admitted from the queue a moment ago: the model is still being built, or the
+            # commands kept while queued are being applied (this one must come after them).
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout_s)
             except TimeoutError:

@@ -20,11 +20,12 @@ from deployments.config import ServingConfig
 from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import is_valid_session_id
+from deployments.setup_commands import check_setup_command, queued_ack
 from deployments.protocol import (
+    CommandQueued,
     CommandTimeout,
     SessionEnded,
     SessionNotFound,
-    SessionQueued,
     SessionRecord,
     SessionStatus,
     Unauthorized,
@@ -126,11 +127,16 @@ class FrontDoorBase:
 
     # ---- commands (HTTP and WebSocket) ---------------------------------------------------
     async def _run_command(self, rec: SessionRecord, cmd: dict) -> dict:
-        """The ack data of `cmd` run by the session (refusals are acks too; a gone session raises)."""
+        """The ack data of `cmd` run by the session (refusals are acks too; a gone session raises).
+
+        A queued session keeps its set-up commands for admission: their ack says `queued: true`.
+        """
         if rec.status is SessionStatus.QUEUED:
-            raise SessionQueued(
-                f"session_id: session is queued (position {rec.position}); commands wait until it is active", position=rec.position
-            )
+            await asyncio.to_thread(check_setup_command, self.config.models[rec.model], cmd, rec.position)
+            queued: CommandQueued | None = await self.registry.queue_command.remote(rec.session_id, cmd)
+            if queued is not None:
+                return queued_ack(cmd, queued)
+            # Admitted meanwhile and its actor started: run it as on any active session.
         actor = await self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
         if actor is None:
             raise SessionEnded(f"session_id: session has ended ({rec.end_reason})", end_reason=rec.end_reason)

@@ -1,4 +1,9 @@
-"""Operations routes: models offered, health, Prometheus metrics, and the player page."""
+"""Operations routes: models offered, liveness and readiness, Prometheus metrics, and the player page.
+
+Liveness (`/healthz`) says the process and its registry answer; readiness (`/readyz`)
+says a session would be admitted now: every configured model has at least one warm
+shard group (docs/serving.md#readiness).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from deployments.http.base import FrontDoorBase
-from deployments.http.schemas import Health, ModelInfo
+from deployments.http.schemas import Health, ModelInfo, Readiness
 from deployments.naming import session_actor_name
 from deployments.protocol import NotFound, RegistryStats, SessionStats
 
@@ -39,14 +44,37 @@ class OpsRoutes(FrontDoorBase):
 
     @router.get("/healthz", response_model=Health)
     async def healthz(self) -> JSONResponse:
-        """'ok' when the registry answers and every model has or is building capacity."""
+        """Liveness: 'ok' when the registry answers and every model has or is building capacity; `ready` as /readyz."""
         try:
             stats: RegistryStats = await asyncio.wait_for(self.registry.stats.remote(), timeout=OPS_TIMEOUT_S)
         except (ray.exceptions.RayError, TimeoutError) as exc:
-            return JSONResponse({"status": "degraded", "models": {}, "detail": f"registry: {exc}"}, status_code=503)
+            return JSONResponse({"status": "degraded", "ready": False, "models": {}, "detail": f"registry: {exc}"}, status_code=503)
         models = stats["models"]
         ok = all(m["free"] + m["leased"] + m["building"] > 0 for m in models.values()) and not stats["shutting_down"]
-        return JSONResponse(Health(status="ok" if ok else "degraded", models=models).model_dump(), status_code=200 if ok else 503)
+        body = Health(status="ok" if ok else "degraded", ready=stats["ready"], models=models)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: 200 once every model has at least one warm shard group, else 503 naming the models that have none."""
+        try:
+            stats: RegistryStats = await asyncio.wait_for(self.registry.stats.remote(), timeout=OPS_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            body = Readiness(ready=False, detail=f"registry: not answering ({type(exc).__name__})")
+            return JSONResponse(body.model_dump(), status_code=503)
+        models = stats["models"]
+        if stats["shutting_down"]:
+            body = Readiness(ready=False, models=models, not_ready=sorted(models), detail="server: shutting down")
+        else:
+            waiting = sorted(m for m, p in models.items() if not p["ready"])
+            detail = None
+            if waiting:
+                detail = "models: no warm shard group yet for " + ", ".join(
+                    f"{m} ({models[m]['building']} building" + (f", last error: {models[m]['last_error']}" if models[m]["last_error"] else "") + ")"
+                    for m in waiting
+                )
+            body = Readiness(ready=stats["ready"], models=models, not_ready=waiting, detail=detail)
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> Response:

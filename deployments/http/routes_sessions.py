@@ -109,11 +109,21 @@ class SessionRoutes(FrontDoorBase):
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
 
-    @router.post("/v1/sessions/{session_id}/commands", response_model=Ack, responses={422: {"description": "Command refused"}})
+    @router.post(
+        "/v1/sessions/{session_id}/commands",
+        response_model=Ack,
+        responses={
+            202: {"model": Ack, "description": "Kept for a queued session; applied in order at admission"},
+            409: {"description": "Not a set-up command while queued, or the session has ended"},
+            422: {"description": "Command refused"},
+            429: {"description": "Over the command rate, or over max_queued_commands while queued"},
+        },
+    )
     async def command(self, request: Request, session_id: str, body: CommandRequest) -> Response:
-        """Run a command; 200 with the ack when ok, 422 with the ack when refused."""
+        """Run a command; 200 with the ack when ok, 422 with the ack when refused; 202 with
+        `queued: true` when a queued session keeps a set-up command for its admission."""
         rec = await self._owned(request, session_id)
         ack = await self._run_command(rec, body.model_dump())
         if not ack.get("ok"):
             raise BadCommand(ack.get("error") or "command refused", ack=ack)
-        return JSONResponse(Ack(**ack).model_dump())
+        return JSONResponse(Ack(**ack).model_dump(), status_code=202 if ack.get("queued") else 200)

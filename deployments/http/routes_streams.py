@@ -10,15 +10,15 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import ray
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from deployments.http.base import FrontDoorBase
 from deployments.http.errors import field_of, ws_close_code
+from deployments.http.files import file_prefix_response
 from deployments.http.schemas import CommandRequest
 from deployments.protocol import (
     InvalidField,
@@ -33,6 +33,7 @@ from deployments.protocol import (
     cause_of,
 )
 from helios.media.formats import FORMATS, media_type
+from helios.media.recording import playable_length
 from helios.media.skipforward import skip_forward
 from helios.runtime.messages import Message, ack_message, error_message, event_message
 
@@ -134,7 +135,7 @@ class StreamRoutes(FrontDoorBase):
             return
         try:
             await websocket.accept()
-            await self._ws_session(websocket, await self._wait_active(rec), owner)
+            await self._ws_session(websocket, rec, owner)  # queued: set-up commands are kept until admission
         finally:
             lease.release()
 
@@ -142,12 +143,15 @@ class StreamRoutes(FrontDoorBase):
         """Pump messages out and commands in until either side ends."""
         raw_after = websocket.query_params.get("after", "0") or "0"
         after = int(raw_after) if raw_after.isdigit() else 0
+        current = [rec]
+        """The record commands go by: queued until pump_out sees the admission (set-up commands are kept meanwhile)."""
 
         async def send(message: Message) -> None:
             await websocket.send_text(json.dumps(message))
 
         async def pump_out() -> None:
-            async for item in self._messages(rec, after):
+            current[0] = await self._wait_active(current[0])
+            async for item in self._messages(current[0], after):
                 if item is not None:
                     await send(item[1])
             await websocket.close(code=1000, reason="session ended")
@@ -165,7 +169,9 @@ class StreamRoutes(FrontDoorBase):
                     await send(ack_message(cmd.get("id"), False, "token: a viewer token is read-only; use an API key to send commands"))
                     continue
                 try:
-                    await self._run_command(rec, cmd)  # the ack itself arrives through the message log
+                    ack = await self._run_command(current[0], cmd)  # a session's own ack arrives through the message log
+                    if ack.get("queued"):  # kept for admission: say so here, the real ack follows on the log
+                        await send({"type": "ack", "data": ack})
                 except ServeError as exc:  # refused before the session saw it: answer on this socket only
                     detail = cause_of(exc).detail  # an actor's error arrives wrapped by Ray
                     await send(error_message(detail))
@@ -230,12 +236,19 @@ class StreamRoutes(FrontDoorBase):
 
     @router.get("/v1/sessions/{session_id}/recording.mp4", responses={200: {"content": {"video/mp4": {}}}})
     async def recording(self, request: Request, session_id: str) -> Response:
-        """The session's recording so far (complete once the session has ended)."""
+        """The session's recording so far: whole fragments only while it grows (a playable prefix with its
+        own Content-Length), complete once the session has ended; one byte range honoured."""
         await self._readable(request, session_id)
         try:
             path = await self.relay.recording_path.remote(session_id)
         except Exception as exc:  # noqa: BLE001 - a typed relay error keeps its status, anything else is a 503
             raise _relay_failed("recording", exc) from None
-        if not path or not Path(path).is_file():
-            raise RecordingNotFound(f"recording: no recording for session {session_id!r} yet")
-        return FileResponse(path, media_type="video/mp4", filename=f"{session_id}.mp4")
+        try:
+            length = await asyncio.to_thread(playable_length, path) if path else 0
+        except FileNotFoundError:  # deleted (retention) between the two calls
+            length = 0
+        if not length:
+            raise RecordingNotFound(
+                f"recording: no recording for session {session_id!r} (not started yet, or deleted after recording_retention_s)"
+            )
+        return file_prefix_response(path, length, "video/mp4", f"{session_id}.mp4", request.headers.get("range"))

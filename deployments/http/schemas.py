@@ -85,6 +85,8 @@ class Ack(BaseModel):
     ok: bool
     error: str | None = None
     result: Any = None
+    queued: bool = Field(False, description="True: kept by a queued session, applied at admission (its real ack comes on the message stream).")
+    position: int | None = Field(None, description="The session's queue position when `queued`.")
 
 
 class ModelInfo(BaseModel):
@@ -101,7 +103,17 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    """GET /healthz."""
+    """GET /healthz (liveness: the process and its registry answer)."""
 
     status: Literal["ok", "degraded"]
+    ready: bool = Field(False, description="Readiness, as GET /readyz: every model has at least one warm shard group.")
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Readiness(BaseModel):
+    """GET /readyz: 200 when ready, 503 otherwise (a load balancer's readiness probe)."""
+
+    ready: bool
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per model: free, leased, building, queued, ready, ...")
+    not_ready: list[str] = Field(default_factory=list, description="Models without a warm group yet (or all, while shutting down).")
+    detail: str | None = Field(None, description="Why not ready, naming the models.")

@@ -70,7 +70,26 @@ class AsyncHeliosClient:
         await self.aclose()
 
     async def health(self) -> dict[str, Any]:
+        """GET /healthz: liveness (`ready` says readiness too)."""
         return (await self.request("GET", "/healthz")).json()
+
+    async def readiness(self) -> dict[str, Any]:
+        """GET /readyz: `{"ready", "models", "not_ready", "detail"}`, ready or not (no error on 503)."""
+        try:
+            return wire.parse_readiness(await self._http.get("/readyz"))
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    async def wait_ready(self, timeout: float = 300.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Poll /readyz until every model has a warm shard group; HeliosTimeout names the models still missing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = await self.readiness()
+            if body.get("ready"):
+                return body
+            if time.monotonic() + poll_s > deadline:
+                raise HeliosTimeout(f"server not ready after {timeout}s: {body.get('detail') or body.get('not_ready')}")
+            await asyncio.sleep(poll_s)  # polling interval, not synchronisation
 
     async def models(self) -> Any:
         if self._models is None:

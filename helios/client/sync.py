@@ -80,7 +80,26 @@ class HeliosClient:
 
     # -- server ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        """GET /healthz: liveness (`ready` says readiness too)."""
         return self.request("GET", "/healthz").json()
+
+    def readiness(self) -> dict[str, Any]:
+        """GET /readyz: `{"ready", "models", "not_ready", "detail"}`, ready or not (no error on 503)."""
+        try:
+            return wire.parse_readiness(self._http.get("/readyz"))
+        except httpx.TransportError as exc:
+            raise HeliosConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    def wait_ready(self, timeout: float = 300.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Poll /readyz until every model has a warm shard group; HeliosTimeout names the models still missing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.readiness()
+            if body.get("ready"):
+                return body
+            if time.monotonic() + poll_s > deadline:
+                raise HeliosTimeout(f"server not ready after {timeout}s: {body.get('detail') or body.get('not_ready')}")
+            time.sleep(poll_s)  # polling interval, not synchronisation
 
     def models(self) -> Any:
         """GET /v1/models, as the server sends it (cached)."""

@@ -33,6 +33,11 @@ class Ack(BaseModel):
     ok: bool = True
     error: str | None = None
     result: Any = None
+    queued: bool = False
+    """True: a queued session kept this set-up command; it is applied at admission and its real ack
+    (same `id`) comes on the message stream."""
+    position: int | None = None
+    """The session's queue position when `queued`."""
 
 
 class Message(BaseModel):

@@ -92,6 +92,19 @@ def raise_for_status(resp: httpx.Response) -> None:
     raise HeliosHTTPError(code, detail, **kw)
 
 
+def parse_readiness(resp: httpx.Response) -> dict[str, Any]:
+    """GET /readyz → its body: 200 (ready) and 503 (not ready yet) are both answers; anything else raises."""
+    if resp.status_code == 503:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "ready" in body:
+            return body
+    raise_for_status(resp)
+    return resp.json()
+
+
 def command_body(command: str, args: dict[str, Any] | None = None, cmd_id: str | None = None) -> dict[str, Any]:
     if not isinstance(command, str) or not command:
         raise ValueError(f"command: expected a command name such as 'set_prompt', got {command!r}")

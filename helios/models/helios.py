@@ -49,6 +49,32 @@ ChunkIndex = Annotated[int, Field(ge=0, le=10**9, description="Chunk index (0-ba
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Noise seed")]
 
 
+def clean_prompt(prompt: str, limits: SessionLimits) -> str:
+    """The prompt trimmed, or ValueError when blank or over `max_prompt_chars`.
+
+    A module function so a queued session's prompt is checked the same way before its model exists.
+    """
+    text = prompt.strip()
+    if not text:
+        raise ValueError("prompt: must not be blank")
+    most = limits.max_prompt_chars
+    if len(text) > most:
+        raise ValueError(f"prompt: {len(text)} characters, over the max_prompt_chars limit of {most}")
+    return text
+
+
+def check_schedule_chunk(chunk: int, first: int, limits: SessionLimits) -> None:
+    """ValueError when `chunk` is before `first` (the next chunk to generate) or past `max_chunks_ahead`."""
+    if chunk < first:
+        raise ValueError(f"chunk: {chunk} is in the past; the next chunk to generate is {first}")
+    ahead = limits.max_chunks_ahead
+    if chunk - first > ahead:
+        raise ValueError(
+            f"chunk: {chunk} is {chunk - first} chunks ahead of the next chunk to generate ({first}); "
+            f"the max_chunks_ahead limit is {ahead}"
+        )
+
+
 @dataclass
 class _Plan:
     """What the generation loop applies to the engine before one chunk (read under the lock)."""
@@ -127,6 +153,17 @@ class HeliosModel(VideoModel):
         """The first chunk whose generation has not begun."""
         return self._next
 
+    @classmethod
+    def check_queued_args(cls, name: str, kwargs: dict[str, Any], limits: SessionLimits) -> None:
+        """What can be checked of a validated command before the model exists (a queued session's
+        set-up command): prompts, how far ahead, the image. Raises ValueError naming the field."""
+        if name in ("set_prompt", "schedule_prompt"):
+            clean_prompt(kwargs["prompt"], limits)
+        if name == "schedule_prompt":
+            check_schedule_chunk(kwargs["chunk"], 0, limits)  # nothing is generated before admission
+        if name == "set_image":
+            decode_image_b64(kwargs["image_b64"], max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+
     # --- commands ------------------------------------------------------------------------
     @command("set_prompt")
     def set_prompt(self, prompt: Prompt) -> None:
@@ -136,17 +173,7 @@ class HeliosModel(VideoModel):
     @command("schedule_prompt")
     def schedule_prompt(self, prompt: Prompt, chunk: ChunkIndex) -> None:
         """Use `prompt` from chunk `chunk` on; replaces an earlier entry for that chunk; past chunks are refused."""
-        first = self._next_open_chunk()
-        if chunk < first:
-            raise ValueError(
-                f"chunk: {chunk} is in the past; the next chunk to generate is {first}"
-            )
-        ahead = self.limits.max_chunks_ahead
-        if chunk - first > ahead:
-            raise ValueError(
-                f"chunk: {chunk} is {chunk - first} chunks ahead of the next chunk to generate ({first}); "
-                f"the max_chunks_ahead limit is {ahead}"
-            )
+        check_schedule_chunk(chunk, self._next_open_chunk(), self.limits)
         self._schedule(self._clean_prompt(prompt), chunk)
 
     @command("get_schedule")
@@ -177,13 +204,7 @@ class HeliosModel(VideoModel):
         self._send_state()
 
     def _clean_prompt(self, prompt: str) -> str:
-        text = prompt.strip()
-        if not text:
-            raise ValueError("prompt: must not be blank")
-        most = self.limits.max_prompt_chars
-        if len(text) > most:
-            raise ValueError(f"prompt: {len(text)} characters, over the max_prompt_chars limit of {most}")
-        return text
+        return clean_prompt(prompt, self.limits)
 
     @command("set_image")
     def set_image(

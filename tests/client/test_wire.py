@@ -129,3 +129,13 @@ def test_models_answer_parsing():
     assert wire.pick_resolution(models, "big") == (640, 384)
     assert wire.pick_resolution(models, "test-pattern") is None
     assert wire.pick_resolution({"models": [{"id": "m", "resolution": [128, 256]}]}, "m") == (256, 128)
+
+
+def test_readiness_answers_503_as_not_ready_and_queued_acks_parse():
+    not_ready = {"ready": False, "models": {}, "not_ready": ["helios-tiny"], "detail": "models: no warm shard group yet"}
+    assert wire.parse_readiness(_resp(503, not_ready)) == not_ready
+    assert wire.parse_readiness(_resp(200, {"ready": True, "models": {}, "not_ready": [], "detail": None}))["ready"] is True
+    with pytest.raises(HeliosHTTPError):  # a 503 that is not a readiness answer (e.g. a proxy) is an error
+        wire.parse_readiness(_resp(503, {"detail": "upstream"}))
+    ack = wire.parse_ack("set_prompt", _resp(202, {"id": "c1", "ok": True, "error": None, "result": None, "queued": True, "position": 1}))
+    assert ack.queued is True and ack.position == 1

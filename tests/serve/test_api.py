@@ -100,8 +100,9 @@ def test_admission_queue_position_and_429(served):
     try:
         info = served.get(q["session_id"])
         assert info["status"] == "queued" and info["position"] == 1
-        # Commands wait for admission.
-        assert served.command(q["session_id"], "start").status_code == 409
+        # Only set-up commands are kept for admission (tests/serve/test_queued_commands.py); others: 409.
+        paused = served.command(q["session_id"], "pause")
+        assert paused.status_code == 409 and "queued" in paused.json()["detail"], paused.text
         served.delete(sids.pop(0))
         served.wait_active(q["session_id"], timeout=60)
         sids.append(q["session_id"])

@@ -43,6 +43,8 @@ CASES = [
      429, "connections"),
     (P.LimitExceeded("request: over some limit"), 429, "request"),
     (P.NoCapacity("model: all 'm' groups are busy and the queue is full", retry_after_s=2), 429, "model"),
+    (P.QueuedCommandsFull("command: 32 commands already wait for this queued session; the max_queued_commands limit is 32"),
+     429, "command"),
     (P.CommandRateLimited("command: over the tenant's command_rate of 5/s", retry_after_s=0.4), 429, "command"),
     (P.ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
     (P.SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
