@@ -461,18 +461,12 @@ class Relay:
         """Delete expired recordings this replica did not schedule (written before a restart)."""
         while True:
             try:
-                await asyncio.to_thread(self._store.sweep, self._session_alive, set(self._recordings))
+                for sid in await asyncio.to_thread(self._store.expired, set(self._recordings)):
+                    if await get_actor(session_actor_name(sid), self.config.namespace) is None:  # its session is gone
+                        await asyncio.to_thread(self._store.delete, sid)
             except OSError as exc:  # the folder is unreadable now: try again next period
                 logger.warning("recording sweep of %s failed: %s", self._store.root, exc)
             await asyncio.sleep(RECORDING_SWEEP_S)
-
-    def _session_alive(self, session_id: str) -> bool:
-        """Whether the session's actor still exists (blocking: the sweep runs in a thread)."""
-        try:
-            ray.get_actor(session_actor_name(session_id), namespace=self.config.namespace)
-        except ValueError:
-            return False
-        return True
 
     def __del__(self) -> None:  # Serve calls it on replica shutdown
         for hold in list(getattr(self, "_hls", {}).values()):

@@ -15,7 +15,6 @@ import re
 import shutil
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from helios.media.mp4 import Mp4Chunk, Mp4Timeline
@@ -93,9 +92,9 @@ class RecordingStore:
     """The folder of recordings (`<root>/<session_id>/recording.mp4`) and their retention.
 
     `finished(session_id)` schedules the deletion of a recording `retention_s` after its
-    session ended (0: at once). `sweep(is_live)` deletes recordings nobody scheduled (a
-    replica restarted) once their file has been untouched for `retention_s` and their
-    session is gone, so no recording outlives its retention by more than a sweep period.
+    session ended (0: at once). `expired()` lists recordings nobody scheduled (a replica
+    restarted) whose files have been untouched for `retention_s`: the caller deletes those
+    whose session is gone, so no recording outlives its retention by more than a sweep period.
     """
 
     def __init__(self, root: str | os.PathLike, retention_s: float):
@@ -130,9 +129,9 @@ class RecordingStore:
         logger.info("recording of session %s deleted (retention %.0f s)", session_id, self.retention_s)
         return True
 
-    def sweep(self, is_live: Callable[[str], bool], keep: set[str] = frozenset()) -> list[str]:
-        """Delete unscheduled recordings older than the retention whose session `is_live` says is gone;
-        `keep`: session ids this process is writing or has scheduled. Returns the ids deleted."""
+    def expired(self, keep: set[str] = frozenset()) -> list[str]:
+        """Session ids of unscheduled recordings untouched for the retention (`keep`: ids this
+        process is writing); sorted."""
         if not self.root.is_dir():
             return []
         cutoff = time.time() - self.retention_s
@@ -145,9 +144,9 @@ class RecordingStore:
                 mtime = max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
             except FileNotFoundError:  # deleted meanwhile by another replica
                 continue
-            if mtime <= cutoff and not is_live(sid) and self.delete(sid):
+            if mtime <= cutoff:
                 gone.append(sid)
-        return gone
+        return sorted(gone)
 
     def close(self) -> None:
         """Cancel the pending deletions (the sweep of the next process takes them over)."""

@@ -71,7 +71,7 @@ def test_a_recording_is_deleted_after_its_retention(encoded_session, tmp_path, r
     assert store.deleted == 1
 
 
-def test_the_sweep_deletes_old_recordings_of_gone_sessions_only(encoded_session, tmp_path):
+def test_expired_lists_old_unscheduled_recordings_only(encoded_session, tmp_path):
     enc, _, chunks = encoded_session
     store = RecordingStore(tmp_path, retention_s=60)
     ids = {name: name * 32 for name in "abcd"}  # valid-looking session ids
@@ -87,9 +87,12 @@ def test_the_sweep_deletes_old_recordings_of_gone_sessions_only(encoded_session,
     (other / "x.txt").write_text("x")
     os.utime(other / "x.txt", (old, old))
     live = {ids["b"]}
-    gone = store.sweep(lambda sid: sid in live, keep={ids["c"]})
-    # a: old and gone -> deleted; b: old but live; c: written here; d: within the retention.
-    assert gone == [ids["a"]]
+    expired = store.expired(keep={ids["c"]})
+    # a, b: old; c: written here; d: within the retention. The caller deletes those whose session is gone.
+    assert expired == sorted([ids["a"], ids["b"]])
+    for sid in expired:
+        if sid not in live:
+            assert store.delete(sid)
     assert [store.path(ids[n]).exists() for n in "abcd"] == [False, True, True, True]
     assert (other / "x.txt").exists()
 
