@@ -1,7 +1,8 @@
 // Helios Serve browser player: create a session, steer it, watch it. Plain JS, no build step.
-// Talks only to the documented HTTP API (docs/http-api.md): commands with the API key,
-// video (MJPEG) and messages (SSE) with the session's viewer token.
-"use strict";
+// Session creation and models use the HTTP API (docs/http-api.md); commands, messages and
+// video go through the JS SDK (helios.js): H.264 through Media Source Extensions when the
+// browser can, LL-HLS (hls.js, vendored) on request, MJPEG as the fallback.
+import { connect, mseSupported } from "./helios.js";
 
 const MAX_IMAGE_BYTES = 64 * 1024;
 const KEY_SLOT = "helios.apiKey";  // sessionStorage, only with "remember in this tab" ticked
@@ -21,6 +22,9 @@ const app = {
   ended: false,
   framesDrawn: 0,
   lastChunk: -1,
+  session: null,       // the SDK's HeliosSession
+  player: null,        // the SDK's player of the current video format
+  format: null,        // "mp4" | "hls" | "mjpeg" actually playing
 };
 window.heliosApp = app;  // for debugging and tests
 
@@ -197,7 +201,7 @@ function onSessionActive(info) {
   }
   if (info && info.state) renderState(info.state);
   openEvents();
-  openVideo(0);
+  openVideo();
 }
 
 async function endSession() {
@@ -212,7 +216,7 @@ async function endSession() {
 
 function closeSession(reason) {
   app.ended = true;
-  if (app.events) { app.events.close(); app.events = null; }
+  if (app.session) { app.session.close(); }
   setBadge(`ended: ${reason}`, "ended");
   enableControls(false);
   if (app.viewer) $("create").disabled = true;
@@ -220,11 +224,12 @@ function closeSession(reason) {
 
 // ---------------------------------------------------------------- commands
 async function sendCommand(command, args = {}) {
-  if (!app.sessionId) { showError(`${command}: create a session first`); return null; }
+  if (!app.session) { showError(`${command}: create a session first`); return null; }
   try {
-    const { data } = await api("POST", sessionPath("/commands"), { command, args, id: `web-${Date.now()}` });
+    const ack = await app.session.sendCommand(command, args);
+    if (ack && ack.ok === false) { showError(`${command}: ${ack.error || "refused"}`); return null; }
     notice(`${command}: ok`);
-    return data;
+    return ack;
   } catch (err) {
     showError(`${command}: ${err.message}`);
     return null;
@@ -274,6 +279,15 @@ function blobToDataUrl(blob) {
   });
 }
 
+function videoSize() {
+  // The stream's resolution as the visible element shows it, or null before the first frame.
+  const el = visibleVideo();
+  const width = el.tagName === "IMG" ? el.naturalWidth : el.videoWidth;
+  const height = el.tagName === "IMG" ? el.naturalHeight : el.videoHeight;
+  return width ? { width, height } : null;
+}
+app.videoSize = videoSize;
+
 async function compressImage(file, size) {
   let bitmap;
   try {
@@ -304,8 +318,7 @@ async function onImageChosen(event) {
   $("image-info").textContent = "";
   try {
     // The model's resolution: what the video shows, else what /v1/models says, else 640x384.
-    const img = $("video");
-    const size = img.naturalWidth ? { width: img.naturalWidth, height: img.naturalHeight } : app.size;
+    const size = videoSize() || app.size;
     const { blob, width, height, quality } = await compressImage(file, size);
     const dataUrl = await blobToDataUrl(blob);
     $("image-info").textContent = `${file.name}: ${width}×${height} JPEG q=${quality}, ${(blob.size / 1024).toFixed(1)} KB`;
@@ -317,22 +330,14 @@ async function onImageChosen(event) {
   }
 }
 
-// ---------------------------------------------------------------- messages (SSE)
+// ---------------------------------------------------------------- messages (SDK: SSE with resume)
 function openEvents() {
-  if (app.events) app.events.close();
-  const es = new EventSource(withToken(sessionPath("/events")));
-  app.events = es;
-  es.onmessage = (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch (_) { return; }
-    handleMessage(msg);
-  };
-  es.onerror = () => {
-    if (app.ended) { es.close(); return; }
-    // EventSource reconnects by itself and sends Last-Event-ID; just say so.
-    setBadge("reconnecting…", "queued");
-  };
-  es.onopen = () => { if (!app.ended) setBadge(`session ${app.sessionId.slice(0, 8)}`, "active"); };
+  if (app.session) app.session.close();
+  const session = connect(sessionPath(), { apiKey: app.viewer ? null : app.apiKey || null, viewerToken: app.viewerToken });
+  app.session = session;
+  session.on("message", handleMessage);
+  session.on("reconnecting", () => { if (!app.ended) setBadge("reconnecting…", "queued"); });
+  session.on("open", () => { if (!app.ended) setBadge(`session ${app.sessionId.slice(0, 8)}`, "active"); });
 }
 
 function handleMessage(msg) {
@@ -404,18 +409,46 @@ function addTimelineRow(data) {
   while (tbody.children.length > 200) tbody.lastChild.remove();
 }
 
-// ---------------------------------------------------------------- video (MJPEG)
-function openVideo(fromChunk) {
-  const img = $("video");
-  img.hidden = false;
-  $("video-placeholder").hidden = true;
-  img.src = withToken(sessionPath("/stream"), { format: "mjpeg", from: Math.max(0, fromChunk) });
+// ---------------------------------------------------------------- video (SDK: MSE | HLS | MJPEG)
+function chosenFormat() {
+  const want = $("video-format").value;
+  if (want === "auto") return mseSupported() ? "mp4" : "mjpeg";
+  if (want === "mp4" && !mseSupported()) { showError("video: this browser has no H.264 Media Source Extensions; showing MJPEG"); return "mjpeg"; }
+  return want;
 }
 
+function visibleVideo() {
+  return app.format === "mjpeg" ? $("video") : $("mse-video");
+}
+
+function openVideo() {
+  if (!app.session) return;
+  if (app.player) app.player.stop();
+  app.format = chosenFormat();
+  const img = $("video"), video = $("mse-video");
+  img.hidden = app.format !== "mjpeg";
+  video.hidden = app.format === "mjpeg";
+  $("video-placeholder").hidden = true;
+  const player = app.session.attach(app.format === "mjpeg" ? img : video, { format: app.format });
+  app.player = player;
+  $("engine").textContent = app.format === "mp4" ? "H.264 via MSE" : app.format === "hls" ? "LL-HLS" : "MJPEG";
+  player.on("error", (err) => showError(`video: ${err.message}`));
+  player.on("codec", (codec) => { $("engine").textContent = `H.264 via MSE (${codec})`; });
+}
+
+setInterval(() => {
+  const p = app.player;
+  if (!p) return;
+  $("latency").textContent = p.latencyMs === null ? "—" : `${Math.round(p.latencyMs)} ms`;
+  const rate = p.bitrate;
+  $("bitrate").textContent = rate === null ? "—" : `${(rate / 1000).toFixed(0)} kbit/s`;
+  if (p.engine) $("engine").dataset.engine = p.engine;
+}, 500);
+
 $("video").addEventListener("error", () => {
-  // The stream broke (network, server restart): reopen from the last chunk we know of.
-  if (app.ended || !app.sessionId) return;
-  setTimeout(() => { if (!app.ended) openVideo(app.lastChunk); }, 1000);
+  // The MJPEG stream broke (network, server restart): reopen it.
+  if (app.ended || !app.sessionId || app.format !== "mjpeg") return;
+  setTimeout(() => { if (!app.ended) openVideo(); }, 1000);
 });
 
 // Count frames actually drawn: sample the <img> into a tiny canvas and compare pixels.
@@ -424,8 +457,8 @@ probe.width = 16;
 probe.height = 16;
 let lastSignature = "";
 setInterval(() => {
-  const img = $("video");
-  if (img.hidden || !img.complete || !img.naturalWidth) return;
+  const img = visibleVideo();
+  if (img.hidden || (img.tagName === "IMG" ? !img.complete || !img.naturalWidth : img.readyState < 2)) return;
   try {
     const ctx = probe.getContext("2d", { willReadFrequently: true });
     ctx.drawImage(img, 0, 0, 16, 16);
@@ -468,6 +501,7 @@ function wire() {
   });
   $("api-key").addEventListener("change", () => { app.apiKey = $("api-key").value.trim(); rememberKey(); loadModels(); });
   $("remember-key").addEventListener("change", rememberKey);
+  $("video-format").addEventListener("change", () => { if (app.session && !app.ended) openVideo(); });
 }
 
 async function init() {

@@ -356,7 +356,7 @@ class SessionFanout:
             async for entry, payload in self._encoded(viewer, fmt):
                 if fmt == "mp4":
                     assert timeline is not None
-                    data = timeline.render(payload)
+                    data = timeline.render(payload, produced_at=entry.produced_at)
                     if not sent_init:
                         data = self.encoders.init_segment + data
                         sent_init = True

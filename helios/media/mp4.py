@@ -201,9 +201,13 @@ class Mp4Timeline:
         self.decode_time = 0
         self.sequence = 1
 
-    def render(self, chunk: Mp4Chunk) -> bytes:
-        """The bytes of `chunk` on this timeline (rewritten moofs, shared mdats)."""
-        parts: list[bytes] = []
+    def render(self, chunk: Mp4Chunk, produced_at: float | None = None) -> bytes:
+        """The bytes of `chunk` on this timeline (rewritten moofs, shared mdats).
+
+        With `produced_at` (the chunk's generation end, Unix seconds) a `prft` box first says
+        when the chunk's first frame was produced: a player's latency is `now - that`.
+        """
+        parts: list[bytes] = [] if produced_at is None else [mp4box.prft_box(produced_at, self.decode_time)]
         for fragment in chunk.fragments:
             parts.append(mp4box.rebase_moof(fragment.moof, self.decode_time + fragment.decode_time, self.sequence))
             parts.append(fragment.mdat)

@@ -168,6 +168,9 @@ def shift_decode_times(data: bytes, ticks: int) -> tuple[bytes, int]:
             covered += moof_duration(raw)
             if ticks:
                 raw = rebase_moof(raw, max(0, decode_time(raw) - ticks))
+        elif box.type == b"prft" and ticks:
+            wall, media = prft_time(raw)
+            raw = prft_box(wall, max(0, media - ticks))
         out += raw
     return bytes(out), covered
 
@@ -179,3 +182,26 @@ def codec_string(init_segment: bytes) -> str:
         raise ValueError("init segment has no avcC box (not H.264)")
     profile, compat, level = init_segment[at + 5], init_segment[at + 6], init_segment[at + 7]
     return f"avc1.{profile:02x}{compat:02x}{level:02x}"
+
+
+NTP_EPOCH_OFFSET_S = 2_208_988_800
+"""Seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)."""
+
+
+def prft_box(wall_time_s: float, media_time: int, track_id: int = 1) -> bytes:
+    """A ProducerReferenceTime box (ISO/IEC 14496-12 8.16.5, version 1): `media_time` (track
+    ticks) was produced at `wall_time_s` (Unix seconds). Players read it for end-to-end
+    latency; decoders skip it."""
+    ntp = wall_time_s + NTP_EPOCH_OFFSET_S
+    seconds = int(ntp)
+    fraction = int((ntp - seconds) * (1 << 32)) & 0xFFFFFFFF
+    return struct.pack(">I4sB3xIIIQ", 32, b"prft", 1, track_id, seconds, fraction, media_time)
+
+
+def prft_time(box: bytes) -> tuple[float, int]:
+    """(wall time in Unix seconds, media time in ticks) of a version-1 prft box."""
+    size, typ, version = struct.unpack_from(">I4sB", box)
+    if typ != b"prft" or version != 1 or size != 32:
+        raise ValueError(f"not a version-1 prft box: {typ!r} v{version} size {size}")
+    _, seconds, fraction, media = struct.unpack_from(">IIIQ", box, 12)
+    return seconds + fraction / (1 << 32) - NTP_EPOCH_OFFSET_S, media

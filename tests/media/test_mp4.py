@@ -167,3 +167,21 @@ def test_codec_string(encoded_session):
     assert mp4box.codec_string(enc.init_segment).startswith("avc1.64")  # x264 High profile
     with pytest.raises(ValueError, match="avcC"):
         mp4box.codec_string(b"\x00" * 32)
+
+
+def test_prft_carries_the_production_time_and_decoders_skip_it(encoded_session):
+    from helios.media import mp4box
+    from helios.media.mp4 import Mp4Timeline
+
+    enc, _, chunks = encoded_session
+    timeline = Mp4Timeline()
+    data = enc.init_segment + timeline.render(chunks[0], produced_at=1_700_000_000.25) + timeline.render(chunks[1], produced_at=1_700_000_002.5)
+    prfts = [b for b in mp4box.iter_boxes(data) if b.type == b"prft"]
+    assert len(prfts) == 2
+    wall, media = mp4box.prft_time(data[prfts[1].offset : prfts[1].end])
+    assert wall == pytest.approx(1_700_000_002.5, abs=1e-6) and media == chunks[0].duration
+    # Skip-forward shifts it with the moofs.
+    shifted, _ = mp4box.shift_decode_times(data[prfts[1].offset :], chunks[0].duration)
+    assert mp4box.prft_time(shifted[:32])[1] == 0
+    with av.open(io.BytesIO(data)) as c:
+        assert len(list(c.decode(video=0))) == chunks[0].frames + chunks[1].frames

@@ -45,9 +45,9 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     page.click("#start")
     page.wait_for_selector("#timeline tbody tr", timeout=TIMEOUT_MS)
     _wait_more_frames(page, 2)
-    shot1 = page.locator("#video").screenshot()
+    shot1 = page.locator(".video-wrap").screenshot()
     _wait_more_frames(page, _frames_drawn(page))
-    shot2 = page.locator("#video").screenshot()
+    shot2 = page.locator(".video-wrap").screenshot()
     assert shot1 != shot2, "the video element shows the same pixels"
     first_row = page.inner_text("#timeline tbody tr:last-child")
     assert "a glowing jellyfish" in first_row
@@ -75,7 +75,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     page.wait_for_function("document.querySelector('#log').textContent.includes('image set')", timeout=TIMEOUT_MS)
     info = page.inner_text("#image-info")  # e.g. "noise.png: 96×64 JPEG q=0.92, 12.3 KB"
     assert float(info.split(", ")[-1].split(" KB")[0]) <= 64
-    width, height = page.evaluate("[document.querySelector('#video').naturalWidth, document.querySelector('#video').naturalHeight]")
+    width, height = page.evaluate("[window.heliosApp.videoSize().width, window.heliosApp.videoSize().height]")
     assert f"{width}×{height}" in info  # resized to the stream's resolution in the browser
 
     page.screenshot(path=str(test_output_dir / "web-player.png"), full_page=True)
