@@ -35,8 +35,9 @@ def test_fp8_quality_check_separates_fp8_from_another_seed(tiny_pipeline_dir):
     report = fp8_quality(pipe, chunks=2, seed=3, gemm="emulated")
     assert report.chunks == 2 and len(report.psnr_db) == 2
     assert isinstance(pipe.transformer.blocks[0].attn1.to_q, Fp8Linear)  # converted in place
-    # latents: FP8 stays far closer to the reference than another seed (measured ~30 dB vs ~0 dB)
-    assert min(report.latent_snr_db) > report.baseline_latent_snr_db + 15.0, report.as_dict()
+    # latents: FP8 stays far closer to the reference than another seed (measured 17.3 and 20.9 dB
+    # against -0.7 dB; the random tiny model amplifies rounding far more than the 14B one)
+    assert min(report.latent_snr_db) > report.baseline_latent_snr_db + 10.0, report.as_dict()
     assert all(p > 0 for p in report.psnr_db)
     assert report.as_dict()["chunks"] == 2
 
