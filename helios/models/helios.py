@@ -301,6 +301,16 @@ class HeliosModel(VideoModel):
                 if not ctx.wait_for(lambda: self._started and not self._paused):
                     finisher.release()
                     return
+            # Just in time: decide what the next chunk uses only when it must begin, so a
+            # prompt set while the current chunk plays is used by the very next one.
+            if not ctx.wait_until_needed():
+                finisher.release()
+                return
+            with ctx.lock:
+                if not (self._started and not self._paused):  # paused or reset while waiting
+                    ctx.chunk_dropped()
+                    finisher.release()
+                    continue
                 plan = self._plan_chunk()
                 for message in plan.messages:
                     ctx.send(message)
@@ -317,6 +327,7 @@ class HeliosModel(VideoModel):
         with ctx.lock:
             ctx.notify()
             if plan.epoch != self._epoch:
+                ctx.chunk_dropped()
                 return  # reset while generating: this chunk belongs to the old stream
             if result.chunk != plan.chunk:
                 log.warning("engine produced chunk %d, the protocol expected %d", result.chunk, plan.chunk)

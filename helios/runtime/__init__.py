@@ -8,6 +8,7 @@ Imports no Ray: the Ray layer wraps a Session in an actor.
 from helios.runtime.clock import Clock, FakeClock, MonotonicClock
 from helios.runtime.commands import CommandError, CommandSpec, command
 from helios.runtime.context import SessionContext, get_ctx
+from helios.runtime.jit import JustInTime
 from helios.runtime.messages import ack_message, error_message, event_message, state_message
 from helios.runtime.model import VideoModel
 from helios.runtime.playback import Playback
@@ -21,6 +22,7 @@ __all__ = [
     "CommandSpec",
     "FakeClock",
     "FrameBlock",
+    "JustInTime",
     "MemorySink",
     "MonotonicClock",
     "Playback",

@@ -54,6 +54,8 @@ class SessionHost(Protocol):
 
     def effective_fps(self) -> float: ...
 
+    def wait_until_needed(self) -> bool: ...
+
 
 class SessionContext:
     """What a model may do with its session.
@@ -102,6 +104,15 @@ class SessionContext:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
             raise ValueError(f"frames: expected uint8 (N, H, W, 3) with N >= 1, got {frames.dtype} {frames.shape}")
         self._session.emit(np.ascontiguousarray(frames), info)
+
+    def wait_until_needed(self) -> bool:
+        """Block until the next chunk should begin so it is ready just before playback needs it.
+
+        Call it before deciding what the next chunk uses (never holding `lock`), so commands
+        that arrive meanwhile apply to that chunk. Returns at once for a generator slower than
+        real time; False when the session is stopping.
+        """
+        return self._session.wait_until_needed()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until `predicate()` holds (re-checked after every command) or the session stops.

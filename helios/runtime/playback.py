@@ -122,6 +122,23 @@ class Playback:
         with self._cond:
             return len(self._queue)
 
+    def next_needed_at(self) -> float | None:
+        """When playback runs out of frames: the due time of the first frame after everything queued.
+
+        None before playback ever began (nothing waits). May be in the past: playback is
+        starved (or paused) and the next chunk is needed now. A queued chunk whose first frame
+        is overdue restarts the schedule when released, so it counts from now.
+        """
+        with self._cond:
+            remaining = sum(len(c.frames) - c.pos for c in self._queue)
+            if self._base is None and not remaining:
+                return None
+            now = self._clock.now()
+            due = now if self._base is None else self._base + self._k / self.fps
+            if remaining and due < now:
+                due = now
+            return due + remaining / self.fps
+
     def effective_fps(self) -> float:
         """Frames per second actually shown over the last few seconds (0.0 when none were).
 

@@ -6,6 +6,9 @@ Threads:
 - generation: runs `model.start_session()`; when it returns or raises, shuts the session
   down (commands, playback, `on_session_end`) and sends `session_ended` last;
 - release: `Playback`, handing frames to the sink at the stream's fps.
+
+A model's loop calls `ctx.wait_until_needed()` before each chunk to begin it just in time
+(`JustInTime`): the chunk being generated is then the next one shown.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from helios.runtime.clock import Clock, MonotonicClock
 from helios.runtime.commands import CommandError
 from helios.runtime.context import SessionContext, bind_ctx
+from helios.runtime.jit import JustInTime
 from helios.runtime.messages import ack_message, error_message, event_message
 from helios.runtime.model import VideoModel
 from helios.runtime.playback import Playback
@@ -47,6 +51,8 @@ class Session:
         release: Literal["frame", "chunk"] = "frame",
         fps: float | None = None,
         session_id: str | None = None,
+        just_in_time: bool = True,
+        jit: JustInTime | None = None,
     ) -> None:
         if not isinstance(model, VideoModel):
             raise ValueError(f"model: expected a VideoModel, got {type(model).__name__}")
@@ -55,6 +61,8 @@ class Session:
         self.model = model
         self.sink = sink
         self.clock: Clock = clock or MonotonicClock()
+        self.just_in_time = bool(just_in_time)
+        self.jit = jit if jit is not None else JustInTime()
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.fps = float(fps if fps is not None else getattr(model, "fps", 24.0))
         self.context = SessionContext(self)
@@ -153,9 +161,37 @@ class Session:
     def chunks_released(self) -> int:
         return self._playback.chunks_released
 
+    @property
+    def chunks_pending(self) -> int:
+        """Chunks handed to playback and not yet fully played (queued or on screen)."""
+        return self._playback.pending_chunks
+
     def effective_fps(self) -> float:
         """Measured playback rate over the last seconds."""
         return self._playback.effective_fps()
+
+    def wait_until_needed(self) -> bool:
+        """Sleep until the next chunk should begin to be ready just before playback needs it.
+
+        Returns at once when playback waits for nothing or the chunk is already due (a
+        generator slower than real time runs back to back), and always with
+        `just_in_time=False` (the generator then runs `lookahead` chunks ahead); False when
+        the session stops.
+        """
+        if not self.just_in_time:
+            return not self._stop_event.is_set()
+        slept = False
+        while not self._stop_event.is_set():
+            start_at = self.jit.start_time(self._playback.next_needed_at())
+            if start_at is None or self.clock.now() >= start_at:
+                break
+            slept = True
+            if not self.clock.sleep_until(start_at, self._stop_event):
+                break
+        if self._stop_event.is_set():
+            return False
+        self.jit.begin(self.clock.now(), on_schedule=slept)
+        return True
 
     def send(self, message: dict[str, Any]) -> None:
         """Hand a protocol message to the sink (dropped after `session_ended`)."""
@@ -176,6 +212,7 @@ class Session:
         info.setdefault("chunk", self._emitted)
         info.setdefault("prompt", None)
         self._emitted += 1
+        self.jit.finish(self.clock.now(), self._playback.next_needed_at())
         self._playback.push(frames, info)
 
     # --- internals ---------------------------------------------------------------------------
