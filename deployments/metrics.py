@@ -1,8 +1,9 @@
 """Prometheus metrics of the front door: request/error counters live here, the rest is read at scrape time.
 
 Session and queue gauges come from the registry (the one source of truth), chunk
-latency (generation end → first byte sent to a viewer) is observed by the stream
-route of this replica, effective FPS from the session actors.
+latency (generation end → first byte sent to a viewer) and time to first frame (session
+created → its first chunk sent to a viewer) come from the relay's samples, effective FPS
+from the session actors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from deployments.protocol import RegistryStats, SessionStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TTFF_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 
 
 class FrontDoorMetrics:
@@ -32,6 +34,12 @@ class FrontDoorMetrics:
         self.chunk_gen = Histogram(
             "helios_chunk_generation_seconds", "Model time per chunk (from chunk_complete gen_ms)", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.ttff = Histogram(
+            "helios_time_to_first_frame_seconds",
+            "Session created (POST /v1/sessions admitted) to its first chunk sent to a viewer (measured by the relay)",
+            buckets=TTFF_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge("helios_sessions_active", "Active sessions per tenant", ["tenant"], registry=r)
         self.queued = Gauge("helios_sessions_queued", "Queued sessions per tenant", ["tenant"], registry=r)
         self.groups = Gauge("helios_shard_groups", "Shard groups (or slots) per model and state", ["model", "state"], registry=r)
@@ -39,16 +47,12 @@ class FrontDoorMetrics:
         self.counters = Gauge("helios_registry_total", "Registry counters (created, rejected, failed, rebuilt)", ["counter"], registry=r)
         self._seen_gen: dict[str, int] = {}
         self._seen_latency = 0
+        self._seen_ttff = 0
 
     def observe_relay(self, relay_stats: dict) -> None:
-        """Feed the latency histogram with the relay samples this replica has not seen yet."""
-        lat = relay_stats.get("latency_s") or {}
-        count = int(lat.get("count") or 0)
-        samples = relay_stats.get("latency_samples_s") or []
-        new = count - self._seen_latency if count >= self._seen_latency else count  # a new relay replica restarts at 0
-        for s in samples[-new:] if new > 0 else []:
-            self.chunk_latency.labels("any").observe(float(s))
-        self._seen_latency = count
+        """Feed the latency and time-to-first-frame histograms with relay samples this replica has not seen yet."""
+        self._seen_latency = _observe_new(self.chunk_latency.labels("any"), relay_stats, "latency_s", self._seen_latency)
+        self._seen_ttff = _observe_new(self.ttff, relay_stats, "ttff_s", self._seen_ttff)
 
     def render(self, stats: RegistryStats, sessions: list[SessionStats]) -> bytes:
         """Exposition text with the gauges set from the registry `stats` and the sessions' `info`."""
@@ -72,3 +76,13 @@ class FrontDoorMetrics:
                 self.chunk_gen.observe(ms / 1000.0)
             self._seen_gen[sid] = info.chunks
         return generate_latest(self.registry)
+
+
+def _observe_new(histogram, relay_stats: dict, key: str, seen: int) -> int:
+    """Observe the samples of `key` (a running count plus the latest samples) after the first `seen`; the new count."""
+    count = int((relay_stats.get(key) or {}).get("count") or 0)
+    samples = relay_stats.get(key.removesuffix("_s") + "_samples_s") or []
+    new = count - seen if count >= seen else count  # a new relay replica restarts at 0
+    for s in samples[-new:] if new > 0 else []:
+        histogram.observe(float(s))
+    return count

@@ -219,6 +219,8 @@ class SessionActor:
             "prompt": info.get("prompt"),
             "produced_at": time.time(),
         }
+        if self.next_chunk == 0:
+            meta["session_created_at"] = self.created_at  # time to first frame, measured where a viewer gets it
         self.ring.append(ChunkItem(self.next_chunk, [ref], meta))
         self.chunk_times.append(time.monotonic())
         self.next_chunk += 1

@@ -37,6 +37,9 @@ class FanoutStats:
     latency_s: deque = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     latency_count: int = 0
     latency_sum_s: float = 0.0
+    ttff_s: deque = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    """Session creation (chunk 0's `session_created_at`) to its first chunk handed to a viewer."""
+    ttff_count: int = 0
     chunks_dropped: int = 0
     encode_errors: int = 0
     bytes_out: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FORMATS})
@@ -46,6 +49,10 @@ class FanoutStats:
         self.latency_count += 1
         self.latency_sum_s += seconds
 
+    def record_ttff(self, seconds: float) -> None:
+        self.ttff_s.append(seconds)
+        self.ttff_count += 1
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-safe copy; percentiles over the most recent samples."""
         return {
@@ -54,6 +61,8 @@ class FanoutStats:
             "encode_ms": {f: _summary(v) for f, v in self.encode_ms.items()},
             "latency_s": {**_summary(self.latency_s), "count": self.latency_count, "sum": self.latency_sum_s},
             "latency_samples_s": list(self.latency_s),
+            "ttff_s": {**_summary(self.ttff_s), "count": self.ttff_count},
+            "ttff_samples_s": list(self.ttff_s),
             "chunks_dropped": self.chunks_dropped,
             "encode_errors": self.encode_errors,
             "bytes_out": dict(self.bytes_out),
@@ -327,7 +336,11 @@ class SessionFanout:
         self.stats.bytes_out[fmt] += nbytes
         if not entry.handed_out:
             entry.handed_out = True
-            self.stats.record_latency(max(0.0, time.time() - entry.produced_at))
+            now = time.time()
+            self.stats.record_latency(max(0.0, now - entry.produced_at))
+            created = entry.meta.get("session_created_at")
+            if entry.chunk == 0 and created is not None:  # the session's first frame reaches a viewer
+                self.stats.record_ttff(max(0.0, now - float(created)))
 
     def chunks(self, viewer: Viewer, fmt: str) -> AsyncIterator[tuple[ChunkEntry, Any]]:
         """Each chunk queued for `viewer` with its shared `fmt` encoding (for consumers outside this module)."""

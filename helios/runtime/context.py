@@ -56,6 +56,8 @@ class SessionHost(Protocol):
 
     def wait_until_needed(self) -> bool: ...
 
+    def chunk_dropped(self) -> None: ...
+
 
 class SessionContext:
     """What a model may do with its session.
@@ -113,6 +115,10 @@ class SessionContext:
         real time; False when the session is stopping.
         """
         return self._session.wait_until_needed()
+
+    def chunk_dropped(self) -> None:
+        """A chunk begun after `wait_until_needed` will not be emitted (so its time is not waited for)."""
+        self._session.chunk_dropped()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until `predicate()` holds (re-checked after every command) or the session stops.

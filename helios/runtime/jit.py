@@ -10,6 +10,7 @@ and grows by the lateness whenever a chunk planned on time still came late.
 from __future__ import annotations
 
 import collections
+import threading
 from dataclasses import dataclass, field
 
 
@@ -29,8 +30,9 @@ class JustInTime:
     max_extra_s: float = 0.25
     _durations: collections.deque = field(init=False, repr=False)
     _extra: float = field(init=False, default=0.0, repr=False)
-    _began: float | None = field(init=False, default=None, repr=False)
-    _on_schedule: bool = field(init=False, default=False, repr=False)
+    _begun: collections.deque = field(init=False, repr=False)
+    """(begin time, on schedule) of each chunk begun and not yet ready, oldest first."""
+    _lock: threading.Lock = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.margin_s < 0:
@@ -42,15 +44,25 @@ class JustInTime:
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window: must be an int >= 1, got {self.window!r}")
         self._durations = collections.deque(maxlen=self.window)
+        self._begun = collections.deque()
+        self._lock = threading.Lock()  # chunks begin on the generation thread and may finish on another
 
     @property
     def estimate_s(self) -> float:
         """The generation time planned for (0.0 before the first measured chunk)."""
-        return max(self._durations, default=0.0)
+        with self._lock:
+            return max(self._durations, default=0.0)
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks begun and not yet ready (more than one when the engine pipelines chunks)."""
+        with self._lock:
+            return len(self._begun)
 
     def lead_s(self) -> float:
         """How long before playback needs a chunk its generation begins."""
-        return self.estimate_s * (1.0 + self.margin_frac) + self.margin_s + self._extra
+        with self._lock:
+            return max(self._durations, default=0.0) * (1.0 + self.margin_frac) + self.margin_s + self._extra
 
     def start_time(self, needed_at: float | None) -> float | None:
         """When to begin a chunk needed at `needed_at` (None: playback waits for nothing, begin now)."""
@@ -58,17 +70,24 @@ class JustInTime:
 
     def begin(self, now: float, *, on_schedule: bool) -> None:
         """A chunk begins at `now`; `on_schedule` when it waited for its start time (not already late)."""
-        self._began = now
-        self._on_schedule = on_schedule
+        with self._lock:
+            self._begun.append((now, on_schedule))
+
+    def drop(self) -> None:
+        """The oldest begun chunk will never be ready (discarded, e.g. by a reset)."""
+        with self._lock:
+            if self._begun:
+                self._begun.popleft()
 
     def finish(self, now: float, needed_at: float | None) -> None:
-        """The chunk begun last is ready at `now`; playback needs it at `needed_at`."""
-        if self._began is None:
-            return  # the model does not wait for its start time: nothing to learn
-        self._durations.append(max(0.0, now - self._began))
-        late = None if needed_at is None else now - needed_at
-        if self._on_schedule and late is not None and late > 0:
-            self._extra = min(self._extra + late, self.estimate_s + self.max_extra_s)
-        else:
-            self._extra *= 0.5
-        self._began = None
+        """The oldest begun chunk is ready at `now`; playback needs it at `needed_at`."""
+        with self._lock:
+            if not self._begun:
+                return  # the model does not wait for its start time: nothing to learn
+            began, on_schedule = self._begun.popleft()
+            self._durations.append(max(0.0, now - began))
+            late = None if needed_at is None else now - needed_at
+            if on_schedule and late is not None and late > 0:
+                self._extra = min(self._extra + late, max(self._durations) + self.max_extra_s)
+            else:
+                self._extra *= 0.5

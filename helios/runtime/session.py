@@ -74,6 +74,7 @@ class Session:
         self._stop_reason: str | None = None
         self.end_reason: str | None = None
         self._emitted = 0
+        self._chunk_frames = 0  # frames of the last emitted chunk (how long one chunk plays)
         self._commands: queue.Queue[Any] = queue.Queue()
         self._accepting = True
         self._accept_lock = threading.Lock()
@@ -182,7 +183,7 @@ class Session:
             return not self._stop_event.is_set()
         slept = False
         while not self._stop_event.is_set():
-            start_at = self.jit.start_time(self._playback.next_needed_at())
+            start_at = self.jit.start_time(self._needed_at())
             if start_at is None or self.clock.now() >= start_at:
                 break
             slept = True
@@ -192,6 +193,17 @@ class Session:
             return False
         self.jit.begin(self.clock.now(), on_schedule=slept)
         return True
+
+    def chunk_dropped(self) -> None:
+        """A chunk begun after `wait_until_needed` will not be emitted (e.g. a reset discarded it)."""
+        self.jit.drop()
+
+    def _needed_at(self) -> float | None:
+        """When playback needs the next chunk to begin now: after what is queued and what is in flight."""
+        needed = self._playback.next_needed_at()
+        if needed is None or not self._chunk_frames:
+            return needed
+        return needed + self.jit.in_flight * self._chunk_frames / self.fps
 
     def send(self, message: dict[str, Any]) -> None:
         """Hand a protocol message to the sink (dropped after `session_ended`)."""
@@ -212,6 +224,7 @@ class Session:
         info.setdefault("chunk", self._emitted)
         info.setdefault("prompt", None)
         self._emitted += 1
+        self._chunk_frames = int(frames.shape[0])
         self.jit.finish(self.clock.now(), self._playback.next_needed_at())
         self._playback.push(frames, info)
 

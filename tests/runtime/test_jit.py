@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from helios.models.helios import HeliosModel
-from helios.pipeline.engine import ChunkResult
+from helios.pipeline.engine import ChunkResult, SynchronousEngine
 from helios.runtime import FakeClock, JustInTime, MemorySink, Session
 
 from .runtime_support import FastEngine, GatedEngine, event
@@ -24,7 +24,7 @@ C = N / FPS  # one chunk on screen
 MARGIN = 0.05
 
 
-class ClockedEngine:
+class ClockedEngine(SynchronousEngine):
     """Wraps an engine: records the (fake) time and playback queue when each chunk begins,
     then spends `seconds` of fake time generating it."""
 
@@ -245,6 +245,13 @@ def test_lateness_of_a_chunk_begun_on_schedule_widens_the_lead():
     jit.finish(2.1, needed_at=1.9)
     assert jit.lead_s() == pytest.approx(0.1 + 0.05 + 0.005)
     assert JustInTime().start_time(None) is None
+    jit.begin(3.0, on_schedule=True)
+    jit.begin(3.1, on_schedule=True)  # an engine that pipelines: two chunks in flight
+    assert jit.in_flight == 2
+    jit.drop()  # the older one was discarded (a reset): it never finishes
+    assert jit.in_flight == 1
+    jit.finish(3.2, needed_at=4.0)
+    assert jit.in_flight == 0 and jit.estimate_s == pytest.approx(0.1)  # measured from the newer one's begin
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"margin_s": -1}, "margin_s"), ({"margin_frac": -0.1}, "margin_frac"),
