@@ -25,10 +25,11 @@ import threading
 import time
 
 import httpx
-import msgpack
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from helios.media import framing  # noqa: E402 - after the environment it reads
 
 KEY = "bench-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -74,17 +75,13 @@ class Viewer(threading.Thread):
 
     def run(self) -> None:
         try:
-            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
             with self.http.stream("GET", self.url, timeout=900) as r:
-                for piece in r.iter_bytes():
-                    now = time.perf_counter()
-                    unpacker.feed(piece)
-                    for item in unpacker:
-                        if item.get("type") == "end":
-                            return
-                        with self.cond:
-                            self.arrivals.append((item["chunk"], item.get("prompt"), now))
-                            self.cond.notify_all()
+                for item in framing.unpack_stream(r.iter_bytes()):
+                    if item.get("type") == "end":
+                        return
+                    with self.cond:
+                        self.arrivals.append((item["chunk"], item.get("prompt"), time.perf_counter()))
+                        self.cond.notify_all()
         except Exception as exc:  # noqa: BLE001 - reported by the waiter
             self.error = exc
         finally:

@@ -14,8 +14,9 @@ import threading
 import time
 
 import httpx
-import msgpack
 import pytest
+
+from helios.media import framing
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +37,13 @@ class Viewer(threading.Thread):
 
     def run(self) -> None:
         try:
-            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 28)
             with httpx.Client(base_url=self.base_url, timeout=120) as http, http.stream("GET", self.url) as r:
-                for piece in r.iter_bytes():
-                    now = time.monotonic()
-                    unpacker.feed(piece)
-                    for item in unpacker:
-                        if item.get("type") == "end":
-                            return
-                        with self.cond:
-                            self.arrivals.append((item["chunk"], item.get("prompt"), now))
-                            self.cond.notify_all()
+                for item in framing.unpack_stream(r.iter_bytes()):
+                    if item.get("type") == "end":
+                        return
+                    with self.cond:
+                        self.arrivals.append((item["chunk"], item.get("prompt"), time.monotonic()))
+                        self.cond.notify_all()
         except Exception as exc:  # noqa: BLE001 - reported by the waiting test
             self.error = exc
         finally:
