@@ -42,7 +42,8 @@ def serve_options(spec: DeploymentSpec, name: str, retry_after_s: float = 5) -> 
 
 
 def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
-    """Validate, merge HELIOS_API_KEYS, and make a key when there is none (shown once, on stderr)."""
+    """Validate, merge HELIOS_API_KEYS, make a key when there is none (shown once, on stderr),
+    and keep only the keys' digests: the deployments and the registry never hold a key."""
     cfg = config if isinstance(config, ServingConfig) else load_config(config)
     cfg = with_env_keys(cfg)
     cfg, generated = ensure_some_key(cfg)
@@ -54,7 +55,7 @@ def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
             file=sys.stderr,
             flush=True,
         )
-    return cfg
+    return cfg.with_hashed_keys()
 
 
 def build_app(args: Any) -> Application:

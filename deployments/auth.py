@@ -1,21 +1,27 @@
-"""API keys → tenants, compared in constant time; keys are never logged or echoed."""
+"""API keys → tenants by digest, compared in constant time; keys are never logged, echoed or kept.
+
+The prepared config holds only SHA-256 digests of the keys (`ServingConfig.with_hashed_keys`),
+so neither the front door nor the registry has a key to leak: a request's key is hashed
+and its digest compared with every known one.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+
+from deployments.config import key_digest
 
 
 def _digest(key: str) -> bytes:
     # Fixed-length digests: compare_digest then takes the same time whatever the key length.
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return bytes.fromhex(key_digest(key))
 
 
 class Authenticator:
     """Maps a bearer key to its tenant without an early exit on the first match."""
 
-    def __init__(self, key_table: list[tuple[str, str]]):
-        self._table = [(_digest(k), tenant) for k, tenant in key_table]
+    def __init__(self, digest_table: list[tuple[str, str]]):
+        self._table = [(bytes.fromhex(d), tenant) for d, tenant in digest_table]
 
     def tenant_of(self, key: str | None) -> str | None:
         """The tenant of `key`, or None for a missing or unknown key."""

@@ -6,8 +6,10 @@ deployment and actor. API keys are `SecretStr` so they never show in a repr or a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +31,18 @@ TINY_STREAM = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
 """Stream settings of the tiny preset (the tiny checkpoint's own default is the full 384x640)."""
 
 
+MIN_API_KEY_CHARS = 16
+"""Default shortest API key accepted (`min_api_key_chars`)."""
+
+
+def key_digest(key: str) -> str:
+    """SHA-256 of an API key (hex): all the server keeps of a key once the config is prepared."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error must never print the input (it holds API keys).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class ModelSpec(_Strict):
@@ -91,6 +103,19 @@ class TenantSpec(_Strict):
 
     name: str = Field(..., min_length=1, max_length=64, description="Tenant name (shown in metrics, never a key).")
     api_keys: list[SecretStr] = Field(default_factory=list, description="Bearer keys that authenticate as this tenant.")
+    api_key_digests: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 (hex) of further keys: lets a config file hold no key at all. `prepare_config` turns every "
+        "`api_keys` entry into one of these, so the running server keeps digests only.",
+    )
+
+    @field_validator("api_key_digests")
+    @classmethod
+    def _hex(cls, digests: list[str]) -> list[str]:
+        for i, d in enumerate(digests):
+            if not re.fullmatch(r"[0-9a-f]{64}", d):
+                raise ValueError(f"api_key_digests[{i}]: not a lowercase hex SHA-256 digest (64 characters)")
+        return digests
     quota: QuotaSpec | None = Field(None, description="Limits; the config's `default_quota` when absent.")
 
 
@@ -142,7 +167,19 @@ class ServingConfig(_Strict):
     recording_retention_s: float = Field(
         3600.0, ge=0, description="Session recordings are deleted this long after their session ended (0: at its end)."
     )
-    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413, larger WebSocket frames close 1009.")
+    min_api_key_chars: int = Field(MIN_API_KEY_CHARS, ge=8, description="Shorter API keys are a config error.")
+    viewer_token_grace_s: float = Field(
+        600.0, ge=0, description="A viewer token keeps working this long after its session ended (to fetch the recording); then 401."
+    )
+    viewer_token_ttl_s: float | None = Field(
+        None, gt=0, description="When set, a viewer token also expires this long after it was issued (the owner rotates it)."
+    )
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (`https://host[:port]`) whose pages may call the API from a browser; empty: none (CORS closed); ['*']: any.",
+    )
+    metrics_cache_s: float = Field(5.0, ge=0, description="/metrics reuses the registry's and sessions' numbers for this long.")
     cache_dir: str = Field("~/.cache/helios-serve", description="Where preset checkpoints are generated.")
     web_dir: str | None = Field(None, description="Player page folder served at / (the repository's web/ when unset).")
     front_door: DeploymentSpec = Field(default_factory=DeploymentSpec, description="Front door (FastAPI ingress) options.")
@@ -160,7 +197,29 @@ class ServingConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"tenants: duplicate tenant names {sorted(dup)}")
+        self._check_keys()
         return self
+
+    def _check_keys(self) -> None:
+        """Key length and one tenant per key; errors name tenants, never a key."""
+        owner: dict[str, str] = {}
+        for t in self.tenants:
+            for i, k in enumerate(t.api_keys):
+                if len(k.get_secret_value()) < self.min_api_key_chars:
+                    raise ValueError(
+                        f"tenants: tenant {t.name!r} api_keys[{i}] is shorter than min_api_key_chars ({self.min_api_key_chars})"
+                    )
+            for d in {key_digest(k.get_secret_value()) for k in t.api_keys} | set(t.api_key_digests):
+                if owner.setdefault(d, t.name) != t.name:
+                    raise ValueError(f"tenants: one API key is mapped to two tenants ({owner[d]!r} and {t.name!r})")
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for o in origins:
+            if o != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", o):
+                raise ValueError(f"cors_allowed_origins: {o!r} is not an origin like 'https://app.example.com' (or '*')")
+        return origins
 
     @field_validator("models")
     @classmethod
@@ -177,9 +236,19 @@ class ServingConfig(_Strict):
                 return t.quota
         return self.default_quota
 
-    def key_table(self) -> list[tuple[str, str]]:
-        """(key, tenant) pairs for the authenticator; never logged."""
-        return [(k.get_secret_value(), t.name) for t in self.tenants for k in t.api_keys]
+    def digest_table(self) -> list[tuple[str, str]]:
+        """(SHA-256 hex of a key, tenant) pairs for the authenticator."""
+        return [(key_digest(k.get_secret_value()), t.name) for t in self.tenants for k in t.api_keys] + [
+            (d, t.name) for t in self.tenants for d in t.api_key_digests
+        ]
+
+    def with_hashed_keys(self) -> "ServingConfig":
+        """A copy holding only key digests: what the front door and the registry run with."""
+        tenants = [
+            t.model_copy(update={"api_keys": [], "api_key_digests": sorted({d for d, n in self.digest_table() if n == t.name})})
+            for t in self.tenants
+        ]
+        return self.model_copy(update={"tenants": tenants})
 
 
 def parse_api_keys_env(value: str) -> list[tuple[str, str]]:
@@ -205,12 +274,13 @@ def with_env_keys(config: ServingConfig, env: dict[str, str] | None = None) -> S
     for tenant, key in parse_api_keys_env(raw):
         spec = tenants.setdefault(tenant, TenantSpec(name=tenant))
         spec.api_keys.append(SecretStr(key))
-    return config.model_copy(update={"tenants": list(tenants.values())})
+    # Validated again: the env's keys obey the same rules (length, one tenant per key).
+    return ServingConfig.model_validate({**dict(config), "tenants": list(tenants.values())})
 
 
 def ensure_some_key(config: ServingConfig) -> tuple[ServingConfig, str | None]:
     """With no key anywhere, add tenant 'default' with a fresh key; returns it (to show once) or None."""
-    if config.key_table():
+    if config.digest_table():
         return config, None
     key = "hs-" + secrets.token_urlsafe(24)
     tenants = [t for t in config.tenants if t.name != "default"]

@@ -4,6 +4,10 @@ Session and queue gauges come from the registry (the one source of truth), chunk
 latency (generation end → first byte sent to a viewer) and time to first frame (session
 created → its first chunk sent to a viewer) come from the relay's samples, effective FPS
 from the session actors.
+
+/metrics is unauthenticated, so no series names a tenant or a session: labels are the
+configured model names and fixed words only, and the number of series stays bounded by
+the config, whatever tenants do (docs/serving.md#metrics-and-privacy).
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ class FrontDoorMetrics:
             buckets=TTFF_BUCKETS,
             registry=r,
         )
-        self.active = Gauge("helios_sessions_active", "Active sessions per tenant", ["tenant"], registry=r)
-        self.queued = Gauge("helios_sessions_queued", "Queued sessions per tenant", ["tenant"], registry=r)
+        self.active = Gauge("helios_sessions_active", "Active sessions per model", ["model"], registry=r)
+        self.queued = Gauge("helios_sessions_queued", "Queued sessions per model", ["model"], registry=r)
+        self.tenants = Gauge("helios_tenants_with_sessions", "Tenants holding at least one session (active or queued)", registry=r)
         self.groups = Gauge("helios_shard_groups", "Shard groups (or slots) per model and state", ["model", "state"], registry=r)
-        self.fps = Gauge("helios_effective_fps", "Frames per second each active session produces", ["session"], registry=r)
+        self.fps = Gauge(
+            "helios_effective_fps", "Frames per second the active sessions of a model produce (min, mean, max)", ["model", "stat"], registry=r
+        )
         self.counters = Gauge("helios_registry_total", "Registry counters (created, rejected, failed, rebuilt)", ["counter"], registry=r)
         self._seen_gen: dict[str, int] = {}
         self._seen_latency = 0
@@ -56,25 +63,33 @@ class FrontDoorMetrics:
 
     def render(self, stats: RegistryStats, sessions: list[SessionStats]) -> bytes:
         """Exposition text with the gauges set from the registry `stats` and the sessions' `info`."""
+        models = list(stats.get("models", {}))
         self.active.clear()
         self.queued.clear()
-        for tenant, c in stats.get("tenants", {}).items():
-            self.active.labels(tenant).set(c.get("active", 0))
-            self.queued.labels(tenant).set(c.get("queued", 0))
+        for model in models:
+            listed = [s for s in stats.get("sessions", {}).values() if s.get("model") == model]
+            self.active.labels(model).set(sum(1 for s in listed if s.get("status") != "queued"))
+            self.queued.labels(model).set(sum(1 for s in listed if s.get("status") == "queued"))
+        self.tenants.set(len(stats.get("tenants", {})))
         for model, p in stats.get("models", {}).items():
             for state in ("free", "leased", "building"):
                 self.groups.labels(model, state).set(p.get(state, 0))
         for name, value in stats.get("counters", {}).items():
             self.counters.labels(name).set(value)
         self.fps.clear()
+        for model in models:
+            fps = [info.effective_fps for info in sessions if info.model == model]
+            if fps:
+                for stat, value in (("min", min(fps)), ("mean", sum(fps) / len(fps)), ("max", max(fps))):
+                    self.fps.labels(model, stat).set(value)
+        seen = {}
         for info in sessions:
-            sid = info.session_id
-            self.fps.labels(sid).set(info.effective_fps)
             # gen_ms is a sliding window: observe only samples this replica has not seen yet.
-            new = info.chunks - self._seen_gen.get(sid, 0)
+            new = info.chunks - self._seen_gen.get(info.session_id, 0)
             for ms in info.gen_ms[-new:] if new > 0 else []:
                 self.chunk_gen.observe(ms / 1000.0)
-            self._seen_gen[sid] = info.chunks
+            seen[info.session_id] = info.chunks
+        self._seen_gen = seen  # only sessions still sampled: bounded by METRICS_SESSIONS
         return generate_latest(self.registry)
 
 

@@ -47,6 +47,16 @@ class SessionRecord:
     group_id: str | None = None
     position: int | None = None
     """Place in the model's queue (1 = next) in copies handed out while queued."""
+    token_issued_at: float = dc_field(default_factory=time.time)
+    """When `viewer_token` was made (at creation, then at each rotation)."""
+
+    def token_expires_at(self, grace_s: float, ttl_s: float | None = None) -> float | None:
+        """When the viewer token stops working: `grace_s` after the session ended, or `ttl_s`
+        after it was issued, whichever is first; None while neither applies yet."""
+        ends = [self.ended_at + grace_s] if self.ended_at is not None else []
+        if ttl_s is not None:
+            ends.append(self.token_issued_at + ttl_s)
+        return min(ends) if ends else None
 
     def end(self, reason: str | None) -> None:
         """Mark ended; the first reason given wins (a later, vaguer one never overwrites it)."""
@@ -255,6 +265,20 @@ class ViewerTokenRejected(Unauthorized, field="token"):
     """A token that is neither the owner's API key nor the session's viewer token."""
 
 
+
+
+class ViewerTokenExpired(ViewerTokenRejected):
+    """The session's viewer token was right but has expired (session end + grace, or its TTL)."""
+
+
+class ApiKeyInQuery(Unauthorized, field="token"):
+    """An API key sent in the query string (`?api_key=`, or as `?token=`): refused, never used."""
+
+
+class OriginNotAllowed(ServeError, field="origin"):
+    """A CORS preflight from an origin outside `cors_allowed_origins`."""
+
+
 class NotFound(ServeError, field="path"):
     """A resource the request names does not exist."""
 
@@ -342,7 +366,11 @@ class CommandRateLimited(LimitExceeded, field="command"):
 
 
 class BodyTooLarge(ServeError, field="body"):
-    """A request body over `max_body_bytes`."""
+    """A request body (or WebSocket frame) over `max_body_bytes`."""
+
+
+class InvalidPath(ServeError, ValueError, field="path"):
+    """A URL path that is malformed (NUL or control characters, `..`, backslashes, odd encodings)."""
 
 
 def cause_of(exc: BaseException) -> BaseException:

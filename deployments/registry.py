@@ -117,6 +117,11 @@ class ReaderTable:
         return {"open": len(self.leases), **{f"refused_{k}": v for k, v in self.refused.items()}}
 
 
+def new_viewer_token() -> str:
+    """A fresh viewer token (144 random bits, URL-safe)."""
+    return secrets.token_urlsafe(18)
+
+
 class SessionRegistry:
     """Admission controller and owner of every session and shard group of one Serve app."""
 
@@ -209,7 +214,7 @@ class SessionRegistry:
             self.counters["sessions_rejected"] += 1
             raise NoCapacity(f"model: all {model!r} groups are busy and the queue is full", retry_after_s=retry)
         sid = uuid.uuid4().hex
-        rec = SessionRecord(sid, tenant, model, secrets.token_urlsafe(18), seed, actor_name=session_actor_name(sid))
+        rec = SessionRecord(sid, tenant, model, new_viewer_token(), seed, actor_name=session_actor_name(sid))
         self.sessions[sid] = rec
         self.counters["sessions_created"] += 1
         if has_free:
@@ -401,6 +406,18 @@ class SessionRegistry:
     async def close_reader(self, lease: str) -> None:
         """The reader `lease` is gone (idempotent: a lease of an ended session is already dropped)."""
         self.readers.close(lease)
+
+    async def rotate_viewer_token(self, session_id: str, tenant: str) -> SessionRecord:
+        """A new viewer token for the owner's session; the old one stops working at once.
+
+        Raises SessionNotFound for an unknown session or another tenant's (as GET does).
+        """
+        rec = self.sessions.get(session_id) or self.ended.get(session_id)
+        if rec is None or rec.tenant != tenant:
+            raise SessionNotFound(f"session_id: no session {session_id!r}")
+        rec.viewer_token = new_viewer_token()
+        rec.token_issued_at = time.time()
+        return await self.get_session(session_id)
 
     async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""

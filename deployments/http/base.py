@@ -8,7 +8,9 @@ combines them; the helpers raise the typed errors of `deployments.protocol`, and
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from deployments.metrics import FrontDoorMetrics
 from deployments.naming import is_valid_session_id
 from deployments.setup_commands import check_setup_command, queued_ack
 from deployments.protocol import (
+    ApiKeyInQuery,
     CommandQueued,
     CommandTimeout,
     SessionEnded,
@@ -29,6 +32,7 @@ from deployments.protocol import (
     SessionRecord,
     SessionStatus,
     Unauthorized,
+    ViewerTokenExpired,
     ViewerTokenRejected,
 )
 
@@ -49,6 +53,10 @@ class ReaderLease:
         self._finalizer()
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
 class FrontDoorBase:
     """State of one front-door replica (set by `FrontDoor.__init__`) and the helpers routes share."""
 
@@ -59,13 +67,28 @@ class FrontDoorBase:
     metrics: FrontDoorMetrics
     web_dir: Path
     _actors: ActorCache
+    metrics_cache: Any
+    """`TimedCache` of the /metrics text (deployments/stats_cache.py)."""
 
     # ---- who is asking -----------------------------------------------------------------
-    def _tenant(self, request: Request | WebSocket, *, allow_query: bool = False) -> str | None:
-        key = bearer_key(request.headers.get("authorization"))
-        if key is None and allow_query:
-            key = request.query_params.get("token")
-        return self.auth.tenant_of(key)
+    def _tenant(self, request: Request | WebSocket) -> str | None:
+        """The tenant of the `Authorization: Bearer` key (keys are never read from the query string)."""
+        self._refuse_key_in_query(request)
+        return self.auth.tenant_of(bearer_key(request.headers.get("authorization")))
+
+    def _refuse_key_in_query(self, request: Request | WebSocket) -> None:
+        """401 for an API key in the URL: URLs end up in logs, proxies and browser history."""
+        query = request.query_params
+        if "api_key" in query:
+            raise ApiKeyInQuery(
+                "api_key: API keys are not accepted in the query string; send 'Authorization: Bearer <api key>'", field="api_key"
+            )
+        token = query.get("token")
+        if token and self.auth.tenant_of(token) is not None:
+            raise ApiKeyInQuery(
+                "token: that is an API key, and API keys are not accepted in the query string; send "
+                "'Authorization: Bearer <api key>' (?token= takes a session's viewer token only)"
+            )
 
     def _require_tenant(self, request: Request) -> str:
         tenant = self._tenant(request)
@@ -91,8 +114,8 @@ class FrontDoorBase:
         return rec
 
     async def _readable(self, request: Request | WebSocket, sid: str) -> tuple[SessionRecord, bool]:
-        """(record, is_owner) for read-only routes: API key of the owner or the session's viewer token."""
-        tenant = self._tenant(request, allow_query=True)
+        """(record, is_owner) for read-only routes: API key of the owner or the session's live viewer token."""
+        tenant = self._tenant(request)
         token = request.query_params.get("token")
         if tenant is None and not token and not request.headers.get("authorization"):
             raise Unauthorized("authorization: send 'Authorization: Bearer <api key>' or ?token=<viewer token>")
@@ -103,9 +126,15 @@ class FrontDoorBase:
             if rec.tenant != tenant:
                 raise SessionNotFound(f"session_id: no session {sid!r}")
             return rec, True
-        if token_matches(token, rec.viewer_token):
-            return rec, False
-        raise ViewerTokenRejected("token: wrong API key or viewer token")
+        if not token_matches(token, rec.viewer_token):
+            raise ViewerTokenRejected("token: wrong API key or viewer token (a rotated token stops working)")
+        expires = rec.token_expires_at(self.config.viewer_token_grace_s, self.config.viewer_token_ttl_s)
+        if expires is not None and time.time() >= expires:
+            raise ViewerTokenExpired(
+                f"token: the viewer token expired at {_iso(expires)} (viewer_token_grace_s after the session ended, "
+                "or viewer_token_ttl_s after it was issued); the owner can issue a new one"
+            )
+        return rec, False
 
     async def _actor(self, actor_name: str) -> Any | None:
         """The session actor's handle (cached, looked up off the event loop), or None once it is gone."""

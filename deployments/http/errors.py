@@ -24,9 +24,11 @@ from deployments.protocol import (
     BodyTooLarge,
     CommandTimeout,
     InvalidField,
+    InvalidPath,
     NoCapacity,
     LimitExceeded,
     NotFound,
+    OriginNotAllowed,
     PlaylistNotReady,
     QuotaExceeded,
     RelayUnavailable,
@@ -44,9 +46,11 @@ logger = logging.getLogger(__name__)
 
 STATUS: dict[type[ServeError], int] = {
     BadDirective: 400,
+    InvalidPath: 400,
     InvalidField: 422,
     BadCommand: 422,
     Unauthorized: 401,
+    OriginNotAllowed: 403,
     NotFound: 404,
     SessionQueued: 409,
     SessionEnded: 409,
@@ -108,6 +112,10 @@ def error_response(exc: BaseException) -> JSONResponse:
 def ws_close_code(exc: ServeError) -> int:
     """WebSocket close code of an error raised before the socket is accepted (4000 + status)."""
     return 4000 + status_of(exc)
+
+
+WS_FRAME_TOO_LARGE = 1009
+"""Close code of an accepted socket that sent a frame over `max_body_bytes` (RFC 6455 "message too big")."""
 
 
 def field_of(loc: tuple | list) -> str:

@@ -18,18 +18,20 @@ from deployments.config import ServingConfig
 from deployments.http import routes_hls, routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
 from deployments.http.hls_players import HlsPlayers
+from deployments.http.headers import Cors, SecurityHeaders
 from deployments.http.middleware import BodyLimit
 from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import NAMESPACE
 from deployments.registry import get_or_create_registry
+from deployments.stats_cache import TimedCache
 
 REPO_WEB = Path(__file__).resolve().parents[2] / "web"
 
 
-def _replica_body_limit() -> int:
-    """`max_body_bytes` of the serving replica's config (read per request, never copied to a global)."""
-    return serve.get_replica_context().servable_object.config.max_body_bytes
+def _replica_config() -> ServingConfig:
+    """The serving replica's config (read per request by the middleware, never copied to a global)."""
+    return serve.get_replica_context().servable_object.config
 
 
 app = FastAPI(
@@ -38,7 +40,10 @@ app = FastAPI(
     description="Real-time, controllable Helios video streams for many tenants. Auth: `Authorization: Bearer <api key>`.",
 )
 install_error_handlers(app)
-app.add_middleware(BodyLimit, limit_of=_replica_body_limit)
+# Outermost last: security headers wrap everything (413s and preflights included), then CORS.
+app.add_middleware(BodyLimit, limit_of=lambda: _replica_config().max_body_bytes)
+app.add_middleware(Cors, origins_of=lambda: _replica_config().cors_allowed_origins)
+app.add_middleware(SecurityHeaders)
 for _routes in (routes_sessions, routes_streams, routes_hls, routes_ops):
     app.include_router(_routes.router)
 
@@ -50,7 +55,7 @@ class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, rout
 
     def __init__(self, config: ServingConfig, relay: Any):
         self.config = config
-        self.auth = Authenticator(config.key_table())
+        self.auth = Authenticator(config.digest_table())
         self.relay = relay
         self.metrics = FrontDoorMetrics()
         self.registry = get_or_create_registry(config)
@@ -58,3 +63,4 @@ class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, rout
         self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
         self._actors = ActorCache(NAMESPACE)
         self.hls_players = HlsPlayers()
+        self.metrics_cache = TimedCache(self._scrape, config.metrics_cache_s)

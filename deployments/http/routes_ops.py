@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from pathlib import Path
 
 import ray
 from fastapi import APIRouter
@@ -17,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from deployments.http.base import FrontDoorBase
 from deployments.http.schemas import Health, ModelInfo, Readiness
 from deployments.naming import session_actor_name
-from deployments.protocol import NotFound, RegistryStats, SessionStats
+from deployments.protocol import InvalidPath, NotFound, RegistryStats, SessionStats
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,8 @@ class OpsRoutes(FrontDoorBase):
             body = Readiness(ready=stats["ready"], models=models, not_ready=waiting, detail=detail)
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
-    @router.get("/metrics", response_class=PlainTextResponse)
-    async def metrics(self) -> Response:
-        """Prometheus text format."""
+    async def _scrape(self) -> bytes:
+        """One scrape's worth of calls (registry, each active session, relay): run at most once per `metrics_cache_s`."""
         stats: RegistryStats = await self.registry.stats.remote()
         active = [sid for sid, s in stats["sessions"].items() if s["status"] == "active"][:METRICS_SESSIONS]
         actors = await asyncio.gather(*(self._actor(session_actor_name(sid)) for sid in active))
@@ -88,8 +89,12 @@ class OpsRoutes(FrontDoorBase):
             self.metrics.observe_relay(await asyncio.wait_for(self.relay.stats.remote(), timeout=OPS_TIMEOUT_S))
         except Exception as exc:  # noqa: BLE001 - metrics must render without the relay
             logger.info("relay stats unavailable: %s", exc)
-        text = self.metrics.render(stats, [r for r in results if isinstance(r, SessionStats)])
-        return Response(text, media_type="text/plain; version=0.0.4")
+        return self.metrics.render(stats, [r for r in results if isinstance(r, SessionStats)])
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> Response:
+        """Prometheus text format; no tenant names or session ids; numbers at most `metrics_cache_s` old."""
+        return Response(await self.metrics_cache.get(), media_type="text/plain; version=0.0.4")
 
     @router.get("/", include_in_schema=False)
     async def index(self) -> Response:
@@ -100,8 +105,29 @@ class OpsRoutes(FrontDoorBase):
 
     @router.get("/static/{path:path}", include_in_schema=False)
     async def static(self, path: str) -> Response:
-        root = self.web_dir.resolve()
-        target = (root / path).resolve()
-        if root not in target.parents or not target.is_file():
-            raise NotFound(f"path: no static file {path!r}")
+        target = static_file(self.web_dir, path)
+        if target is None:
+            raise NotFound(f"path: no static file {path[:100]!r}")
         return FileResponse(target)
+
+
+STATIC_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}){0,7}")
+"""What a static path may be: up to 8 segments of letters, digits, '.', '_', '-', none starting with '.'."""
+
+
+def static_file(root: Path, path: str) -> Path | None:
+    """The file under `root` that `path` names, None when there is none; InvalidPath for a malformed path.
+
+    Checked before the path touches the file system: NUL and control characters (a 500
+    from `resolve()` before), `..`, absolute paths, backslashes, `%`-escapes left after
+    decoding (double encoding), dot-files and non-ASCII are refused outright.
+    """
+    if not STATIC_PATH.fullmatch(path):
+        raise InvalidPath(
+            f"path: {path[:100]!r} is not a static file name (letters, digits, '.', '_', '-' and '/' only; no '..', no dot-files)"
+        )
+    base = root.resolve()
+    target = (base / path).resolve()
+    if base not in target.parents or not target.is_file():
+        return None
+    return target

@@ -10,7 +10,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.http.base import FrontDoorBase
-from deployments.http.schemas import Ack, CommandRequest, CreateSessionRequest, SessionCreated, SessionDeleted, SessionInfo, SessionUrls
+from deployments.http.schemas import (
+    Ack,
+    CommandRequest,
+    CreateSessionRequest,
+    SessionCreated,
+    SessionDeleted,
+    SessionInfo,
+    SessionUrls,
+    ViewerTokenIssued,
+)
 from deployments.protocol import Admission, BadCommand, SessionRecord, SessionStartFailed, SessionStats, SessionStatus, UnknownModel
 
 INFO_TIMEOUT_S = 10.0
@@ -108,6 +117,16 @@ class SessionRoutes(FrontDoorBase):
         rec = await self._owned(request, session_id)
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
+
+    @router.post("/v1/sessions/{session_id}/viewer-token", response_model=ViewerTokenIssued)
+    async def rotate_viewer_token(self, request: Request, session_id: str) -> ViewerTokenIssued:
+        """Issue a new viewer token (owner only); the old one gets 401 from now on."""
+        rec = await self._owned(request, session_id)
+        rec = await self.registry.rotate_viewer_token.remote(session_id, rec.tenant)
+        expires = rec.token_expires_at(self.config.viewer_token_grace_s, self.config.viewer_token_ttl_s)
+        return ViewerTokenIssued(
+            session_id=session_id, viewer_token=rec.viewer_token, expires_at=expires, urls=session_urls(session_id, rec.viewer_token)
+        )
 
     @router.post(
         "/v1/sessions/{session_id}/commands",

@@ -17,8 +17,10 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from deployments.http.base import FrontDoorBase
-from deployments.http.errors import field_of, ws_close_code
+from deployments.http.errors import WS_FRAME_TOO_LARGE, field_of, ws_close_code
 from deployments.http.files import file_prefix_response
+from deployments.http.middleware import too_large
+from deployments.http.params import MAX_COUNT, parse_count
 from deployments.http.schemas import CommandRequest
 from deployments.protocol import (
     InvalidField,
@@ -94,14 +96,12 @@ class StreamRoutes(FrontDoorBase):
         yield after + 1, event_message("session_ended", reason=fresh.end_reason or "ended")
 
     @router.get("/v1/sessions/{session_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
-    async def events(self, request: Request, session_id: str, after: int = Query(0, ge=0)) -> StreamingResponse:
+    async def events(self, request: Request, session_id: str, after: int = Query(0, ge=0, le=MAX_COUNT)) -> StreamingResponse:
         """Server-sent events: one protocol message per `data:` line; resumes after `Last-Event-ID`."""
-        rec, _ = await self._readable(request, session_id)
         last = request.headers.get("last-event-id")
         if last is not None:
-            if not last.strip().isdigit():
-                raise InvalidField("Last-Event-ID: must be a non-negative integer", field="Last-Event-ID")
-            after = max(after, int(last))
+            after = max(after, parse_count(last, "Last-Event-ID"))
+        rec, _ = await self._readable(request, session_id)
         lease = await self._open_reader(rec, "events")
         try:
             rec = await self._wait_active(rec)
@@ -122,6 +122,7 @@ class StreamRoutes(FrontDoorBase):
     async def ws(self, websocket: WebSocket, session_id: str) -> None:
         """Command objects in (JSON text frames), protocol messages out (acks included). Viewer tokens are read-only."""
         try:
+            after = parse_count(websocket.query_params.get("after", "0") or "0", "after")
             rec, owner = await self._readable(websocket, session_id)
         except ServeError as exc:
             await websocket.close(code=ws_close_code(exc), reason=exc.detail[:120])
@@ -135,14 +136,13 @@ class StreamRoutes(FrontDoorBase):
             return
         try:
             await websocket.accept()
-            await self._ws_session(websocket, rec, owner)  # queued: set-up commands are kept until admission
+            await self._ws_session(websocket, rec, owner, after)  # queued: set-up commands are kept until admission
         finally:
             lease.release()
 
-    async def _ws_session(self, websocket: WebSocket, rec: SessionRecord, owner: bool) -> None:
-        """Pump messages out and commands in until either side ends."""
-        raw_after = websocket.query_params.get("after", "0") or "0"
-        after = int(raw_after) if raw_after.isdigit() else 0
+    async def _ws_session(self, websocket: WebSocket, rec: SessionRecord, owner: bool, after: int) -> None:
+        """Pump messages out and commands in until either side ends (a frame over `max_body_bytes` closes 1009)."""
+        limit = self.config.max_body_bytes
         current = [rec]
         """The record commands go by: queued until pump_out sees the admission (set-up commands are kept meanwhile)."""
 
@@ -158,7 +158,17 @@ class StreamRoutes(FrontDoorBase):
 
         async def pump_in() -> None:
             while True:
-                text = await websocket.receive_text()
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    return
+                text, data = frame.get("text"), frame.get("bytes")
+                if len(text.encode() if text is not None else data or b"") > limit:
+                    exc = too_large(limit, "WebSocket frame")
+                    await websocket.close(code=WS_FRAME_TOO_LARGE, reason=exc.detail[:120])
+                    return
+                if text is None:
+                    await send(ack_message(None, False, "message: send commands as JSON text frames, not binary frames"))
+                    continue
                 try:
                     cmd = CommandRequest.model_validate_json(text).model_dump()
                 except ValidationError as exc:
@@ -192,7 +202,7 @@ class StreamRoutes(FrontDoorBase):
         request: Request,
         session_id: str,
         format: str = Query("mp4", description="mjpeg | mp4 | msgpack"),
-        from_: int | None = Query(None, alias="from", ge=0, description="First chunk (default: the live edge)"),
+        from_: int | None = Query(None, alias="from", ge=0, le=MAX_COUNT, description="First chunk (default: the live edge)"),
     ) -> StreamingResponse:
         """Live video for any number of viewers, fanned out by the relay."""
         if format not in STREAM_MEDIA:

@@ -60,6 +60,17 @@ class SessionInfo(BaseModel):
     urls: SessionUrls | None = None
 
 
+class ViewerTokenIssued(BaseModel):
+    """POST /v1/sessions/{id}/viewer-token: the new token; the old one now gets 401."""
+
+    session_id: str
+    viewer_token: str
+    expires_at: float | None = Field(
+        None, description="Unix time the token stops working; null while the session runs (then: end + viewer_token_grace_s)."
+    )
+    urls: SessionUrls
+
+
 class SessionDeleted(BaseModel):
     """DELETE /v1/sessions/{id}."""
 

@@ -48,6 +48,7 @@ def serving_config(tiny_path: str):
             "ring_size": 8,
             "session_linger_s": 2,
             "max_viewers_per_session": MAX_VIEWERS,
+            "viewer_token_grace_s": 10,
             "front_door": {"num_cpus": 0.1, "autoscaling": None},
             "relay": {"num_cpus": 0.1, "autoscaling": None},
         }

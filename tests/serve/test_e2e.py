@@ -75,10 +75,10 @@ def sse_messages(served, url: str):
 def ws_messages(served, sid: str):
     from websockets.sync.client import connect
 
-    url = served.base_url.replace("http://", "ws://") + f"/v1/sessions/{sid}/ws?token={served.keys['alice']}"
+    url = served.base_url.replace("http://", "ws://") + f"/v1/sessions/{sid}/ws"
 
     def fn(reader: Reader) -> None:
-        with connect(url, open_timeout=60) as ws:
+        with connect(url, additional_headers=served.headers(), open_timeout=60) as ws:
             reader.ws = ws
             for text in ws:
                 msg = json.loads(text)

@@ -28,6 +28,11 @@ CASES = [
      422, "command"),
     (P.Unauthorized("authorization: wrong API key"), 401, "authorization"),
     (P.ViewerTokenRejected("token: wrong API key or viewer token"), 401, "token"),
+    (P.ViewerTokenExpired("token: the viewer token expired at 2026-12-01T00:00:00+00:00"), 401, "token"),
+    (P.ApiKeyInQuery("token: that is an API key, and API keys are not accepted in the query string"), 401, "token"),
+    (P.ApiKeyInQuery("api_key: API keys are not accepted in the query string", field="api_key"), 401, "api_key"),
+    (P.OriginNotAllowed("origin: 'https://evil.example' may not call this API from a browser (cors_allowed_origins)"), 403, "origin"),
+    (P.InvalidPath("path: '..' is not a static file name"), 400, "path"),
     (P.SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
     (P.RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
     (P.SegmentNotFound("segment: 9.m4s is not in the playlist"), 404, "segment"),
@@ -150,5 +155,5 @@ def test_validation_and_body_limit_name_the_field(client):
     r = client.post("/body", content=b"{", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
     r = client.post("/body", content=b'{"seed": 1, "pad": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json() == {"detail": "body: request body over the 1024-byte limit", "field": "body"}
+    assert r.status_code == 413 and r.json() == {"detail": "body: request body over the 1024-byte limit (max_body_bytes)", "field": "body"}
     assert client.get("/nowhere").status_code == 404 and "detail" in client.get("/nowhere").json()
