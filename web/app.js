@@ -193,15 +193,33 @@ function onSessionActive(info) {
   setBadge(`session ${app.sessionId.slice(0, 8)}`, "active");
   if (!app.viewer) {
     enableControls(true);
-    const link = new URL(window.location.pathname, window.location.origin);
-    link.searchParams.set("session", app.sessionId);
-    if (app.viewerToken) link.searchParams.set("token", app.viewerToken);
-    $("share-link").value = link.toString();
+    showShareLink();
     $("share").hidden = false;
   }
   if (info && info.state) renderState(info.state);
   openEvents();
   openVideo();
+}
+
+function showShareLink() {
+  const link = new URL(window.location.pathname, window.location.origin);
+  link.searchParams.set("session", app.sessionId);
+  if (app.viewerToken) link.searchParams.set("token", app.viewerToken);
+  $("share-link").value = link.toString();
+}
+
+// A new viewer token revokes the old one. This page's messages come with its API key, but
+// the media elements load URLs carrying the token: reopen the video with the new one.
+async function rotateShareLink() {
+  if (!app.session) return;
+  try {
+    app.viewerToken = await app.session.rotateViewerToken();
+    showShareLink();
+    openVideo();
+    notice("new share link: the old one no longer works");
+  } catch (err) {
+    showError(`new share link: ${err.message}`);
+  }
 }
 
 async function endSession() {
@@ -499,6 +517,7 @@ function wire() {
     try { await navigator.clipboard.writeText($("share-link").value); notice("share link copied"); }
     catch (_) { $("share-link").select(); notice("select and copy the link"); }
   });
+  $("rotate-share").addEventListener("click", rotateShareLink);
   $("api-key").addEventListener("change", () => { app.apiKey = $("api-key").value.trim(); rememberKey(); loadModels(); });
   $("remember-key").addEventListener("change", rememberKey);
   $("video-format").addEventListener("change", () => { if (app.session && !app.ended) openVideo(); });

@@ -72,8 +72,9 @@ export class HeliosSession extends Emitter {
   /** `path` under the session with the viewer token (URLs a media element loads itself). */
   url(path = "", params = {}) {
     const u = new URL(this.base + path);
-    if (this.viewerToken) u.searchParams.set("token", this.viewerToken);
-    else if (this.apiKey) u.searchParams.set("token", this.apiKey);  // only where no header can be sent
+    // Never the API key: the server refuses keys in URLs (they end up in logs and history).
+    if (!this.viewerToken) throw new Error(`${path || "url"}: media URLs need the session's viewerToken (an API key never goes in a URL)`);
+    u.searchParams.set("token", this.viewerToken);
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
     return u.href;
   }
@@ -90,6 +91,16 @@ export class HeliosSession extends Emitter {
     if (!this.apiKey && this.viewerToken) u.searchParams.set("token", this.viewerToken);
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
     return u.href;
+  }
+
+  /** Replace the session's viewer token (owner only); resolves to the new one, the old one gets 401. */
+  async rotateViewerToken() {
+    if (!this.apiKey) throw new Error("rotateViewerToken: needs the apiKey of the session's owner");
+    const resp = await fetch(this.base + "/viewer-token", { method: "POST", headers: this._headers({ Accept: "application/json" }) });
+    const data = await resp.json().catch(() => null);
+    if (!resp.ok) throw new Error((data && data.detail) || `HTTP ${resp.status}`);
+    this.viewerToken = data.viewer_token;
+    return this.viewerToken;
   }
 
   /** Run command `name` with `args`; resolves to its ack `{id, ok, error}` (a refusal too). */

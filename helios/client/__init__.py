@@ -23,7 +23,7 @@ from helios.client.errors import (
 )
 from helios.client.images import prepare_image
 from helios.client.sync import HeliosClient, HeliosSession
-from helios.client.types import Ack, Chunk, Message, SessionInfo
+from helios.client.types import Ack, Chunk, Message, SessionInfo, ViewerToken
 from helios.client.video import Mp4Writer
 
 __all__ = [
@@ -45,5 +45,6 @@ __all__ = [
     "Message",
     "Mp4Writer",
     "SessionInfo",
+    "ViewerToken",
     "prepare_image",
 ]

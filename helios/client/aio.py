@@ -24,7 +24,7 @@ from helios.client.errors import (
 )
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
 from helios.client.sync import DEFAULT_URL, MAX_POLL_S, RECONNECT_TRIES, STARTING_S
-from helios.client.types import Ack, Chunk, Message, SessionInfo
+from helios.client.types import Ack, Chunk, Message, SessionInfo, ViewerToken
 from helios.client.video import Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,10 @@ class AsyncHeliosClient:
     async def delete_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate((await self.request("DELETE", f"/v1/sessions/{session_id}")).json())
 
+    async def rotate_viewer_token(self, session_id: str) -> ViewerToken:
+        """A new viewer token for a session of yours; the old one stops working (share links must be re-sent)."""
+        return ViewerToken.model_validate((await self.request("POST", f"/v1/sessions/{session_id}/viewer-token")).json())
+
 
 class AsyncHeliosSession:
     """asyncio twin of `HeliosSession`."""
@@ -213,6 +217,12 @@ class AsyncHeliosSession:
     async def delete(self) -> SessionInfo:
         self.info = await self.client.delete_session(self.id)
         return self.info
+
+    async def rotate_viewer_token(self) -> str:
+        """Replace this session's viewer token (owner only) and return the new one; the old one gets 401."""
+        issued = await self.client.rotate_viewer_token(self.id)
+        self.info = self.info.model_copy(update={"viewer_token": issued.viewer_token, "urls": issued.urls or self.info.urls})
+        return issued.viewer_token
 
     async def __aenter__(self) -> "AsyncHeliosSession":
         return self

@@ -121,6 +121,8 @@ def cmd_session(args: argparse.Namespace) -> int:
             _print_json(client.get_session(args.session_id, token=args.token).model_dump(exclude_none=True))
         elif args.action == "delete":
             _print_json(client.delete_session(args.session_id).model_dump(exclude_none=True))
+        elif args.action == "rotate-token":
+            _print_json(client.rotate_viewer_token(args.session_id).model_dump(exclude_none=True))
         elif args.action == "command":
             session = client.session(args.session_id)
             if args.name == "set_image":
@@ -278,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--token", help="viewer token instead of the API key")
     q.add_argument("--replay", action="store_true", help="start from the oldest message the server still has")
     q = ss.add_parser("delete", help="end a session")
+    conn(q)
+    q.add_argument("session_id")
+    q = ss.add_parser("rotate-token", help="issue a new viewer token (the old one stops working); prints it and the new URLs")
     conn(q)
     q.add_argument("session_id")
     p.set_defaults(func=cmd_session)

@@ -22,7 +22,7 @@ from helios.client.errors import (
     HeliosTimeout,
 )
 from helios.client.images import DEFAULT_SIZE, ImageSource, prepare_image
-from helios.client.types import Ack, Chunk, Message, SessionInfo
+from helios.client.types import Ack, Chunk, Message, SessionInfo, ViewerToken
 from helios.client.video import Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,10 @@ class HeliosClient:
     def delete_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate(self.request("DELETE", f"/v1/sessions/{session_id}").json())
 
+    def rotate_viewer_token(self, session_id: str) -> ViewerToken:
+        """A new viewer token for a session of yours; the old one stops working (share links must be re-sent)."""
+        return ViewerToken.model_validate((self.request("POST", f"/v1/sessions/{session_id}/viewer-token")).json())
+
 
 class HeliosSession:
     """One session: typed commands (each returns its Ack or raises HeliosCommandError), message
@@ -234,6 +238,12 @@ class HeliosSession:
     def delete(self) -> SessionInfo:
         self.info = self.client.delete_session(self.id)
         return self.info
+
+    def rotate_viewer_token(self) -> str:
+        """Replace this session's viewer token (owner only) and return the new one; the old one gets 401."""
+        issued = self.client.rotate_viewer_token(self.id)
+        self.info = self.info.model_copy(update={"viewer_token": issued.viewer_token, "urls": issued.urls or self.info.urls})
+        return issued.viewer_token
 
     def __enter__(self) -> "HeliosSession":
         return self

@@ -24,6 +24,17 @@ class SessionInfo(BaseModel):
     end_reason: str | None = Field(default=None, description="Why the session ended, once it has.")
 
 
+class ViewerToken(BaseModel):
+    """`POST /v1/sessions/{id}/viewer-token`: the session's new viewer token (the old one now gets 401)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    viewer_token: str = Field(description="The new read-only token; share links must be re-sent.")
+    expires_at: float | None = Field(default=None, description="Unix time it stops working (None while the session runs).")
+    urls: dict[str, str] = Field(default_factory=dict, description="The session's URLs with the new token.")
+
+
 class Ack(BaseModel):
     """The server's reply to one command."""
 

@@ -88,6 +88,14 @@ def test_session_subcommands(helios_server, capsys, monkeypatch):
         assert cli.main(["session", "command", *_conn(helios_server), sid, "get_state"]) == 0
         state = json.loads(capsys.readouterr().out)["result"]
         assert state["running"] is False and state["scheduled_prompts"] == {"0": "a quiet forest"}
+        assert cli.main(["session", "rotate-token", *_conn(helios_server), sid]) == 0
+        rotated = json.loads(capsys.readouterr().out)
+        assert rotated["session_id"] == sid and rotated["viewer_token"] not in ("", info["viewer_token"])
+        viewer = ["--url", helios_server.url, "--api-key", ""]  # no key: the token alone decides
+        assert cli.main(["session", "get", *viewer, sid, "--token", info["viewer_token"]]) == 1  # revoked
+        assert "HTTP 401" in capsys.readouterr().err
+        assert cli.main(["session", "get", *viewer, sid, "--token", rotated["viewer_token"]]) == 0
+        assert json.loads(capsys.readouterr().out)["session_id"] == sid
         # watch (in a thread) replays the log, follows live messages and stops at session_ended
         rc: list[int] = []
         watcher = threading.Thread(target=lambda: rc.append(cli.main(["session", "watch", *_conn(helios_server), sid,

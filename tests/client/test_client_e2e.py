@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helios.client import AsyncHeliosClient, HeliosClient, HeliosCommandError, HeliosHTTPError
+from helios.client import AsyncHeliosClient, HeliosAuthError, HeliosClient, HeliosCommandError, HeliosHTTPError
 
 pytestmark = pytest.mark.e2e
 
@@ -205,3 +205,30 @@ def test_a_queued_session_reports_its_position_and_starts_when_a_slot_frees(clie
         for s in holders:
             s.delete()
         other.close()
+
+
+def test_rotate_viewer_token_sync_and_async(client, helios_server):
+    """The owner replaces the viewer token: the new one reads, the old one gets 401 (both clients)."""
+    session = client.create_session("test-pattern", retry_busy_s=BUSY_S)
+    try:
+        old = session.viewer_token
+        new = session.rotate_viewer_token()
+        assert new != old and session.viewer_token == new and f"token={new}" in session.info.urls["player"]
+        with HeliosClient(client.base_url, api_key="") as anonymous:
+            assert anonymous.get_session(session.id, token=new).status == "active"
+            with pytest.raises(HeliosAuthError) as err:
+                anonymous.get_session(session.id, token=old)
+            assert err.value.status_code == 401
+
+        async def rotate_async() -> tuple[str, str]:
+            async with AsyncHeliosClient(helios_server.url, helios_server.api_key) as aclient:
+                attached = aclient.session(session.id)
+                newer = await attached.rotate_viewer_token()
+                with pytest.raises(HeliosAuthError):
+                    await aclient.get_session(session.id, token=new)
+                return newer, (await aclient.get_session(session.id)).viewer_token
+
+        newer, shown = asyncio.run(rotate_async())
+        assert newer not in (old, new) and shown == newer
+    finally:
+        session.delete()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helios.client import HeliosClient
+from helios.client import HeliosAuthError, HeliosClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -88,6 +88,18 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     assert not viewer.locator("#setup").is_visible()
     viewer.wait_for_selector("#timeline tbody tr", timeout=TIMEOUT_MS)
     viewer.screenshot(path=str(test_output_dir / "web-viewer.png"), full_page=True)
+
+    # "New link" revokes the shared token: the old link is refused, the owner's page keeps playing.
+    page.click("#rotate-share")
+    page.wait_for_function(f"document.querySelector('#share-link').value !== {share_link!r}", timeout=TIMEOUT_MS)
+    new_link = page.input_value("#share-link")
+    old_token, new_token = share_link.split("token=")[1], new_link.split("token=")[1]
+    assert new_token != old_token and page.evaluate("window.heliosApp.viewerToken") == new_token
+    with HeliosClient(helios_server.url, api_key="") as anonymous:
+        assert anonymous.get_session(session_id, token=new_token).status == "active"
+        with pytest.raises(HeliosAuthError):
+            anonymous.get_session(session_id, token=old_token)
+    _wait_more_frames(page, _frames_drawn(page))  # its own streams reopened with the new token
 
     # Ending the session is shown in both pages.
     page.click("#end")
