@@ -221,11 +221,12 @@ def test_rotate_viewer_token_sync_and_async(client, helios_server):
             assert err.value.status_code == 401
 
         async def rotate_async() -> tuple[str, str]:
-            async with AsyncHeliosClient(helios_server.url, helios_server.api_key) as aclient:
-                attached = aclient.session(session.id)
-                newer = await attached.rotate_viewer_token()
-                with pytest.raises(HeliosAuthError):
-                    await aclient.get_session(session.id, token=new)
+            async with AsyncHeliosClient(helios_server.url, helios_server.api_key) as aclient, \
+                    AsyncHeliosClient(helios_server.url, api_key="") as anonymous:
+                newer = await aclient.session(session.id).rotate_viewer_token()
+                with pytest.raises(HeliosAuthError):  # the token the sync client made is revoked now
+                    await anonymous.get_session(session.id, token=new)
+                assert (await anonymous.get_session(session.id, token=newer)).status == "active"
                 return newer, (await aclient.get_session(session.id)).viewer_token
 
         newer, shown = asyncio.run(rotate_async())

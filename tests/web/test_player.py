@@ -13,6 +13,8 @@ from helios.client import HeliosAuthError, HeliosClient
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 TIMEOUT_MS = 60_000
+# Predicates are written as functions ("() => ..."): Playwright polls a bare expression with
+# eval(), which the page's CSP (script-src 'self', no 'unsafe-eval') rightly refuses.
 
 
 def _frames_drawn(page) -> int:
@@ -20,7 +22,7 @@ def _frames_drawn(page) -> int:
 
 
 def _wait_more_frames(page, than: int) -> None:
-    page.wait_for_function(f"window.heliosApp.framesDrawn > {than}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => window.heliosApp.framesDrawn > {than}", timeout=TIMEOUT_MS)
 
 
 def test_player_creates_plays_and_steers_a_session(page, helios_server, test_output_dir):
@@ -32,7 +34,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     page.fill("#api-key", helios_server.api_key)
     page.select_option("#model", "test-pattern")
     page.click("#create")
-    page.wait_for_function("window.heliosApp.sessionId !== null && !document.querySelector('#start').disabled",
+    page.wait_for_function("() => window.heliosApp.sessionId !== null && !document.querySelector('#start').disabled",
                            timeout=TIMEOUT_MS)
     session_id = page.evaluate("window.heliosApp.sessionId")
     # The key stays in page memory: nothing stored without "remember in this tab".
@@ -56,7 +58,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     page.fill("#prompt", "a paper boat on a lake")
     page.click("#set-prompt")
     page.wait_for_function(
-        "document.querySelector('#state dd[data-field=current_prompt]')?.textContent === 'a paper boat on a lake'",
+        "() => document.querySelector('#state dd[data-field=current_prompt]')?.textContent === 'a paper boat on a lake'",
         timeout=TIMEOUT_MS)
     with HeliosClient(helios_server.url, helios_server.api_key) as client:
         state = client.session(session_id).get_state()
@@ -64,7 +66,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
 
     # A bad image is refused with a visible error; a good one is compressed and accepted.
     page.set_input_files("#image", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
-    page.wait_for_function("document.querySelector('#errors').textContent.includes('not a decodable image')",
+    page.wait_for_function("() => document.querySelector('#errors').textContent.includes('not a decodable image')",
                            timeout=TIMEOUT_MS)
     assert "notes.png" in page.inner_text("#errors")
     rng = np.random.default_rng(1)
@@ -72,7 +74,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     Image.fromarray(rng.integers(0, 256, (900, 1400, 3), dtype=np.uint8)).save(buf, format="PNG")
     assert len(buf.getvalue()) > 64 * 1024  # the page must compress it under the limit itself
     page.set_input_files("#image", files=[{"name": "noise.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
-    page.wait_for_function("document.querySelector('#log').textContent.includes('image set')", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#log').textContent.includes('image set')", timeout=TIMEOUT_MS)
     info = page.inner_text("#image-info")  # e.g. "noise.png: 96×64 JPEG q=0.92, 12.3 KB"
     assert float(info.split(", ")[-1].split(" KB")[0]) <= 64
     width, height = page.evaluate("[window.heliosApp.videoSize().width, window.heliosApp.videoSize().height]")
@@ -83,7 +85,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
     # The share link opens a read-only player that plays the same session.
     viewer = page.context.new_page()
     viewer.goto(share_link)
-    viewer.wait_for_function("window.heliosApp.framesDrawn > 1", timeout=TIMEOUT_MS)
+    viewer.wait_for_function("() => window.heliosApp.framesDrawn > 1", timeout=TIMEOUT_MS)
     assert not viewer.locator("#controls").is_visible()
     assert not viewer.locator("#setup").is_visible()
     viewer.wait_for_selector("#timeline tbody tr", timeout=TIMEOUT_MS)
@@ -91,7 +93,7 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
 
     # "New link" revokes the shared token: the old link is refused, the owner's page keeps playing.
     page.click("#rotate-share")
-    page.wait_for_function(f"document.querySelector('#share-link').value !== {share_link!r}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => document.querySelector('#share-link').value !== {share_link!r}", timeout=TIMEOUT_MS)
     new_link = page.input_value("#share-link")
     old_token, new_token = share_link.split("token=")[1], new_link.split("token=")[1]
     assert new_token != old_token and page.evaluate("window.heliosApp.viewerToken") == new_token
@@ -103,8 +105,8 @@ def test_player_creates_plays_and_steers_a_session(page, helios_server, test_out
 
     # Ending the session is shown in both pages.
     page.click("#end")
-    page.wait_for_function("document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
-    viewer.wait_for_function("document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
+    viewer.wait_for_function("() => document.querySelector('#conn').dataset.state === 'ended'", timeout=TIMEOUT_MS)
     errors = [m for m in page.console_log if m.startswith("pageerror")]
     assert not errors, errors
 
@@ -113,7 +115,7 @@ def test_player_reports_a_wrong_api_key(page, helios_server):
     page.goto(helios_server.url + "/")
     page.fill("#api-key", "wrong-key")
     page.click("#create")
-    page.wait_for_function("document.querySelector('#errors').textContent.includes('create session')",
+    page.wait_for_function("() => document.querySelector('#errors').textContent.includes('create session')",
                            timeout=TIMEOUT_MS)
     assert not page.evaluate("window.heliosApp.sessionId")
     assert page.is_enabled("#create")
