@@ -11,6 +11,8 @@ from helios.client import HeliosClient
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 TIMEOUT_MS = 90_000
+# Predicates are functions ("() => ..."): a bare expression is polled with eval(), which the
+# page's CSP (no 'unsafe-eval') refuses.
 LONG_PROMPT = "W" * 60  # three full lines of text over the top of the test pattern
 # Mean colour saturation of the first text line's band (x 12..90, y 3..10 of the 96x64 test
 # pattern) of the frame on screen: high over colour bars, ~0 over a line of text.
@@ -43,22 +45,22 @@ def test_chromium_has_h264_mse(page, helios_server):
 
 def test_player_plays_h264_through_mse_and_a_prompt_change_reaches_the_screen(page, helios_server, session, test_output_dir):
     page.goto(f"{helios_server.url}/?session={session.id}&token={session.viewer_token}")
-    page.wait_for_function("window.heliosApp.format === 'mp4' && document.querySelector('#mse-video').currentTime > 0.5",
+    page.wait_for_function("() => window.heliosApp.format === 'mp4' && document.querySelector('#mse-video').currentTime > 0.5",
                            timeout=TIMEOUT_MS)
     assert page.is_hidden("#video")  # the MJPEG <img> stays the fallback only
     t0 = page.evaluate("document.querySelector('#mse-video').currentTime")
     frames0 = page.evaluate("window.heliosApp.player.frames")
-    page.wait_for_function(f"document.querySelector('#mse-video').currentTime > {t0 + 1.0}", timeout=TIMEOUT_MS)
-    page.wait_for_function(f"window.heliosApp.player.frames > {frames0 + 12}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => document.querySelector('#mse-video').currentTime > {t0 + 1.0}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => window.heliosApp.player.frames > {frames0 + 12}", timeout=TIMEOUT_MS)
     # Live latency (generation end -> on screen, from the stream's prft boxes) and bitrate are shown.
-    page.wait_for_function("window.heliosApp.player.latencyMs !== null && window.heliosApp.player.bitrate > 0", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.heliosApp.player.latencyMs !== null && window.heliosApp.player.bitrate > 0", timeout=TIMEOUT_MS)
     assert page.inner_text("#latency").endswith(" ms") and "kbit/s" in page.inner_text("#bitrate")
     latency_ms = page.evaluate("window.heliosApp.player.latencyMs")
     assert 0 < latency_ms < 30_000, latency_ms
     # Over colour bars the band is saturated; the long prompt covers it with text once it is on screen.
-    page.wait_for_function(f"({BAND_SATURATION})() > 60", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => ({BAND_SATURATION})() > 60", timeout=TIMEOUT_MS)
     session.set_prompt(LONG_PROMPT)
-    page.wait_for_function(f"({BAND_SATURATION})() < 30", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => ({BAND_SATURATION})() < 30", timeout=TIMEOUT_MS)
     page.locator(".video-wrap").screenshot(path=str(test_output_dir / "web-mse-prompt.png"))
     errors = [m for m in page.console_log if m.startswith("pageerror")]
     assert not errors, errors
@@ -68,15 +70,15 @@ def test_player_plays_ll_hls_with_the_vendored_hls_js(page, helios_server, sessi
     scripts: list[str] = []
     page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
     page.goto(f"{helios_server.url}/?session={session.id}&token={session.viewer_token}")
-    page.wait_for_function("window.heliosApp.format === 'mp4'", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.heliosApp.format === 'mp4'", timeout=TIMEOUT_MS)
     page.select_option("#video-format", "hls")
-    page.wait_for_function("window.heliosApp.format === 'hls' && document.querySelector('#mse-video').currentTime > 2",
+    page.wait_for_function("() => window.heliosApp.format === 'hls' && document.querySelector('#mse-video').currentTime > 2",
                            timeout=TIMEOUT_MS)
     assert page.evaluate("window.heliosApp.player.engine") == "hls.js 1.7.4"
     assert all(u.startswith(helios_server.url) for u in scripts), scripts  # no CDN
-    page.wait_for_function("window.heliosApp.player.latencyMs !== null", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.heliosApp.player.latencyMs !== null", timeout=TIMEOUT_MS)
     t0 = page.evaluate("document.querySelector('#mse-video').currentTime")
-    page.wait_for_function(f"document.querySelector('#mse-video').currentTime > {t0 + 1.5}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => document.querySelector('#mse-video').currentTime > {t0 + 1.5}", timeout=TIMEOUT_MS)
     latency_ms = page.evaluate("window.heliosApp.player.latencyMs")
     assert 0 < latency_ms < 30_000, latency_ms
     (test_output_dir / "hls-latency.json").write_text(json.dumps({"hls_glass_to_glass_ms": latency_ms}))
@@ -102,12 +104,12 @@ def test_sdk_commands_messages_and_resume(page, helios_server, session):
     assert out["ok"]["ok"] is True and out["ok"]["id"].startswith("js-")
     assert out["refused"]["ok"] is False and out["refused"]["error"]  # a refusal resolves to its ack
     assert "read-only" in out["viewerError"]
-    page.wait_for_function("window.sdkMessages.some(m => m.type === 'state' && m.data.current_prompt === 'from the sdk')",
+    page.wait_for_function("() => window.sdkMessages.some(m => m.type === 'state' && m.data.current_prompt === 'from the sdk')",
                            timeout=TIMEOUT_MS)
     # Drop the message stream: the SDK reconnects after its last seq, losing and repeating nothing.
-    page.wait_for_function("window.sdkMessages.filter(m => m.data.event === 'chunk_complete').length >= 1", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.sdkMessages.filter(m => m.data.event === 'chunk_complete').length >= 1", timeout=TIMEOUT_MS)
     page.evaluate("window.sdk._abort.abort()")
-    page.wait_for_function("window.sdkMessages.filter(m => m.data.event === 'chunk_complete').length >= 3", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.sdkMessages.filter(m => m.data.event === 'chunk_complete').length >= 3", timeout=TIMEOUT_MS)
     got = page.evaluate("window.sdkMessages")
     chunks = [m["data"]["chunk"] for m in got if m["data"].get("event") == "chunk_complete"]
     assert chunks == sorted(set(chunks)) and chunks == list(range(chunks[0], chunks[0] + len(chunks))), chunks
