@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from helios.media import framing
+from tests.serve.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -112,8 +113,10 @@ def test_time_to_first_frame_is_in_the_metrics(served):
     finally:
         served.delete(body["session_id"])
     client_ttff = arrived - t0
-    after = scrape()
     name = "helios_time_to_first_frame_seconds"
+    # /metrics numbers are up to metrics_cache_s old: wait for a scrape that has the sample.
+    after = wait_for(lambda: (t := scrape()) and _metric(t, name + "_count") > _metric(before, name + "_count") and t,
+                     60, "a scrape with the new time-to-first-frame sample")
     assert _metric(after, name + "_count") == _metric(before, name + "_count") + 1
     server_ttff = _metric(after, name + "_sum") - _metric(before, name + "_sum")
     # The relay measures from the session's creation to the first chunk it sends: inside the client's span.
