@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OTHER_PROMPT, PARITY_PROMPT, run_reference
+from parity_support import OTHER_PROMPT, PARITY_PROMPT, run_reference
 
 from tests.frame_checks import assert_differs_clearly
 

@@ -70,7 +70,7 @@ def test_bad_variant_and_occupied_path(tmp_path):
 
 def test_frames_respond_to_seed_prompt_and_time(stream_pipe):
     """The tiny model's pictures respond: frame-level tests of it can fail (DESIGN section 9)."""
-    from conftest import OTHER_PROMPT, PARITY_PROMPT
+    from parity_support import OTHER_PROMPT, PARITY_PROMPT
 
     from tests.frame_checks import assert_differs_clearly, mean_level_diff
 

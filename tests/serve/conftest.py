@@ -108,6 +108,28 @@ class Served:
 
         return ray.get(self.registry().stats.remote())
 
+    def settle(self, timeout: float = 180) -> None:
+        """End every session still known to the registry and wait until no slot is leased or queued.
+
+        Tests share one app whose test-pattern pool has 2 slots and a queue of 1; a test that
+        fills the pool must start from an idle one, not from what an earlier test left ending.
+        """
+        import ray
+
+        for sid in self.stats()["sessions"]:
+            ray.get(self.registry().end_session.remote(sid, "test_cleanup"))
+
+        def idle() -> bool:
+            stats = self.stats()
+            return not stats["sessions"] and all(m["leased"] == 0 and m["queued"] == 0 for m in stats["models"].values())
+
+        wait_for(idle, timeout, "every session ended and every slot given back")
+
+    def wait_free(self, model: str, slots: int, timeout: float = 180) -> None:
+        """Wait until `model` has `slots` free slots and an empty queue (earlier sessions may still be ending)."""
+        wait_for(lambda: (m := self.stats()["models"][model])["free"] >= slots and m["queued"] == 0, timeout,
+                 f"{slots} free {model} slots")
+
 
 @pytest.fixture(scope="session")
 def served(ray_cluster, tiny_pipeline_dir):
@@ -124,9 +146,25 @@ def served(ray_cluster, tiny_pipeline_dir):
     s = Served(f"http://127.0.0.1:{os.environ.get('HELIOS_TEST_PORT', '8765')}", config)
     stats = ray.get(s.registry().wait_warm.remote(240))
     assert all(m["free"] >= 1 for m in stats["models"].values()), stats
+    s.settle()  # the client and browser tests may have used this app first
+    _started.append(s)
     yield s
+    _started.remove(s)
     s.http.close()
     try:
         serve.delete(APP_NAME)
     except RayServeException as exc:  # Serve was already shut down by a test: nothing to delete
         logging.getLogger(__name__).info("serve.delete(%s) at teardown: %s", APP_NAME, exc)
+
+
+
+_started: list[Served] = []
+"""The shared app once `served` has started it (module clean-up never starts it just to clean up)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sessions_ended_after_each_module():
+    """After each module, nothing it started on the shared app is left running for the next one."""
+    yield
+    for served_app in _started:
+        served_app.settle()

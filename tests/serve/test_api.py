@@ -88,6 +88,7 @@ def test_auth_missing_wrong_and_foreign(served):
 
 
 def test_admission_queue_position_and_429(served):
+    served.wait_free("test-pattern", 2)
     first = [served.create(model="test-pattern") for _ in range(2)]
     assert [r.status_code for r in first] == [201, 201], [r.text for r in first]
     queued = served.create(model="test-pattern")

@@ -116,6 +116,7 @@ def test_tenant_stream_caps_name_their_limit(served):
 
 
 def test_a_reader_of_a_queued_session_starts_at_admission(served):
+    served.wait_free("test-pattern", 2)
     running = [_session(served)[0] for _ in range(2)]  # the test-pattern pool is 2 slots, its queue 1
     queued = served.create(model="test-pattern")
     assert queued.status_code == 202, queued.text

@@ -23,6 +23,7 @@ def _post(served, sid: str, command: str, cid: str | None = None, **args):
 
 def _queued_session(served) -> tuple[str, dict, list[str]]:
     """(queued session id, its create answer, ids of the two sessions holding the slots)."""
+    served.wait_free("test-pattern", 2)
     first = [served.create(model="test-pattern") for _ in range(2)]
     assert [r.status_code for r in first] == [201, 201], [r.text for r in first]
     queued = served.create(model="test-pattern")
