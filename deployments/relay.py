@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import ray
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.lookup import get_actor
-from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, is_valid_session_id, session_actor_name
+from deployments.naming import RELAY_DEPLOYMENT, session_actor_name
 from deployments.protocol import (
     BadDirective,
     ChunkBatch,
@@ -41,10 +38,11 @@ from deployments.protocol import (
     SessionNotFound,
     StreamEnded,
 )
+from deployments.relay_config import RelayConfig, _check_format, _check_from, _check_session_id
+from deployments.relay_hls import _HlsHold
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
-from helios.media.formats import media_type, parse_format
+from helios.media.formats import media_type
 from helios.media.hls import PLAYLIST_MEDIA_TYPE, SEGMENT_MEDIA_TYPE, DirectiveError, HlsTrack
-from helios.media.hlsfeed import HlsFeed
 from helios.media.recording import RecordingStore, RecordingWriter
 from helios.media.skipforward import SkipForward, skip_forward
 
@@ -60,57 +58,6 @@ TOUCH_PERIOD_S = 5.0
 """How often a feed with viewers calls the session actor's touch() (keeps its idle timeout away)."""
 
 __all__ = ["Relay", "RelayConfig", "SkipForward", "media_type", "skip_forward"]
-
-
-class RelayConfig(BaseModel):
-    """Options of the relay deployment (all replicas share them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_chunks: int = Field(8, ge=1, description="Recent chunks each replica keeps per session for late joiners (from=chunk).")
-    viewer_queue_chunks: int = Field(2, ge=1, description="Chunks a viewer may fall behind before the oldest is dropped.")
-    poll_timeout_s: float = Field(10.0, gt=0, le=60, description="Long-poll timeout of wait_chunks calls to the session actor.")
-    jpeg_quality: int = Field(80, ge=1, le=100, description="MJPEG JPEG quality.")
-    pace_mjpeg: bool = Field(True, description="Release MJPEG frames at the stream fps (a browser shows parts as they come).")
-    mp4_preset: str = Field("veryfast", description="libx264 preset of the fragmented MP4 stream.")
-    mp4_crf: int = Field(23, ge=0, le=51, description="libx264 constant rate factor (quality) of the MP4 stream.")
-    recordings_dir: str = Field(
-        default_factory=lambda: os.path.join(tempfile.gettempdir(), "helios-recordings"),
-        description="Folder of session recordings: <recordings_dir>/<session_id>/recording.mp4.",
-    )
-    recording_retention_s: float = Field(
-        3600.0, ge=0, description="A recording is deleted this long after its session ended (0: at the end). Set from the serving config."
-    )
-    namespace: str = Field(NAMESPACE, description="Ray namespace of the session actors.")
-    hls_window_segments: int = Field(
-        6, ge=5, le=64, description="Segments (chunks) in the sliding window of a session's HLS playlist (>= 3 target durations)."
-    )
-    hls_part_segments: int = Field(3, ge=1, description="Newest segments whose partial segments the playlist lists.")
-    hls_idle_s: float = Field(30.0, gt=0, description="A session's HLS playlist is dropped this long after its last request.")
-    hls_first_segment_wait_s: float = Field(
-        6.0, gt=0, le=60, description="How long a first playlist request waits for the session's first chunk before a 503."
-    )
-
-
-def _check_session_id(session_id: str) -> str:
-    if not isinstance(session_id, str) or not is_valid_session_id(session_id):
-        raise InvalidField(f"session_id {session_id!r} is not a valid session id (32 lowercase hex characters)", field="session_id")
-    return session_id
-
-
-def _check_from(from_chunk: Any) -> int | None:
-    if from_chunk is None:
-        return None
-    if isinstance(from_chunk, bool) or not isinstance(from_chunk, (int, np.integer)) or from_chunk < 0:
-        raise InvalidField(f"from must be a chunk index >= 0, got {from_chunk!r}", field="from")
-    return int(from_chunk)
-
-
-def _check_format(fmt: str) -> str:
-    try:
-        return parse_format(fmt)
-    except ValueError as exc:
-        raise InvalidField(str(exc), field="format") from None
 
 
 async def _load_ref(ref: ray.ObjectRef) -> np.ndarray:
@@ -190,56 +137,6 @@ class _Feed:
     def close(self) -> None:
         self.task.cancel()
         self.fanout.close()
-
-
-class _HlsHold:
-    """Keeps one session's feed and HLS playlist alive on this replica while players keep asking for it.
-
-    HLS players are stateless pulls, so the playlist lives until `hls_idle_s` after the last request.
-    """
-
-    def __init__(self, relay: "Relay", session_id: str):
-        self.relay = relay
-        self.session_id = session_id
-        self.feed = relay._acquire(session_id)
-        self.hls: HlsFeed | None = None
-        self.error: str | None = None
-        self.started = asyncio.Event()
-        self.last_access = time.monotonic()
-        self.requests = 0
-        self.task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        try:
-            await self.feed.ready.wait()
-            if self.feed.error:
-                self.error = self.feed.error
-                return
-            self.hls = HlsFeed(
-                self.feed.fanout, window=self.relay.config.hls_window_segments, part_segments=self.relay.config.hls_part_segments
-            )
-            self.started.set()
-            idle = self.relay.config.hls_idle_s
-            while (left := self.last_access + idle - time.monotonic()) > 0:
-                await asyncio.sleep(left)  # expiry timer of the stateless players, not a synchronisation
-        finally:
-            self.started.set()
-            self.close()
-
-    def touch(self) -> None:
-        self.last_access = time.monotonic()
-        self.requests += 1
-
-    def close(self) -> None:
-        if self.relay._hls.get(self.session_id) is self:
-            del self.relay._hls[self.session_id]
-        if self.hls is not None:
-            self.hls.close()
-        if self.feed is not None:
-            self.relay._release(self.feed)
-            self.feed = None
-        if not self.task.done() and asyncio.current_task() is not self.task:
-            self.task.cancel()
 
 
 @serve.deployment(name=RELAY_DEPLOYMENT, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})

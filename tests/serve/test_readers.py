@@ -12,7 +12,8 @@ import pytest
 
 from deployments.config import ServingConfig
 from deployments.protocol import ConnectionLimitExceeded, SessionRecord, SessionStatus
-from deployments.registry import ReaderTable, SessionRegistry
+from deployments.readers import ReaderTable
+from deployments.registry import SessionRegistry
 
 
 def _config(**extra) -> ServingConfig:
