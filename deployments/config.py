@@ -161,6 +161,9 @@ class ServingConfig(_Strict):
     max_viewers_per_session: int = Field(
         64, ge=1, description="Readers of one session at once: video streams of every format plus SSE and WebSocket; beyond: 429."
     )
+    viewer_stall_timeout_s: float = Field(
+        30.0, gt=0, description="A video viewer whose socket accepts nothing for this long is disconnected (direct ingress only)."
+    )
     queued_wait_s: float = Field(
         30.0, gt=0, le=300, description="Long-poll window of a reader waiting for its queued session's admission (one registry call per change)."
     )

@@ -14,6 +14,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+DIRECT_INGRESS = os.environ.get("HELIOS_DIRECT_INGRESS") == "1"
+"""Serve in direct-ingress mode (HAProxy, replicas serve HTTP): set before Ray starts, so every worker
+reads it (scripts/test.sh runs the backpressure test this way, in its own pytest process)."""
+if DIRECT_INGRESS:
+    from deployments.ingress_env import direct_ingress_env
+
+    os.environ.update(direct_ingress_env(int(os.environ.get("HELIOS_TEST_PORT", "8765"))))
+    # HAProxy's manager and the fallback proxy start together with everything else: on a loaded
+    # 2-core machine Serve's 5 s readiness check of a proxy can time out and restart it.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+
 
 @pytest.fixture(scope="session")
 def test_output_dir() -> Path:

@@ -22,6 +22,7 @@ from deployments.http.files import file_prefix_response
 from deployments.http.middleware import too_large
 from deployments.http.params import MAX_COUNT, parse_count
 from deployments.http.schemas import CommandRequest
+from deployments.http.stall import StallGuardedStreamingResponse
 from deployments.protocol import (
     InvalidField,
     LimitExceeded,
@@ -242,7 +243,10 @@ class StreamRoutes(FrontDoorBase):
                 gen.cancel()
                 lease.release()
 
-        return StreamingResponse(body(), media_type=STREAM_MEDIA[format], headers={"Cache-Control": "no-cache"})
+        return StallGuardedStreamingResponse(
+            body(), media_type=STREAM_MEDIA[format], headers={"Cache-Control": "no-cache"},
+            stall_timeout_s=self.config.viewer_stall_timeout_s, label=f"{format} viewer of {session_id}",
+        )
 
     @router.get("/v1/sessions/{session_id}/recording.mp4", responses={200: {"content": {"video/mp4": {}}}})
     async def recording(self, request: Request, session_id: str) -> Response:

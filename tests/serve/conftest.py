@@ -14,10 +14,14 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import DIRECT_INGRESS
+
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789",
         "dave": "dave-key-0123456789"}
 APP_NAME = "helios"
 MAX_VIEWERS = 8
+VIEWER_STALL_TIMEOUT_S = 20.0
+"""viewer_stall_timeout_s of the served test app (fires only under direct ingress: tests/serve/test_backpressure.py)."""
 """max_viewers_per_session of the served test app (small: a flood test needs only a few more)."""
 
 
@@ -49,6 +53,7 @@ def serving_config(tiny_path: str):
             "session_linger_s": 2,
             "max_viewers_per_session": MAX_VIEWERS,
             "viewer_token_grace_s": 10,
+            "viewer_stall_timeout_s": VIEWER_STALL_TIMEOUT_S,
             "front_door": {"num_cpus": 0.1, "autoscaling": None},
             "relay": {"num_cpus": 0.1, "autoscaling": None},
         }
@@ -131,6 +136,17 @@ class Served:
                  f"{slots} free {model} slots")
 
 
+def _haproxy_routes_to_replicas(port: int) -> bool:
+    """True once HAProxy's generated config sends the app to a front-door replica's own port; until
+    then it sends requests to Serve's fallback Python proxy, where `send` never blocks."""
+    from pathlib import Path
+
+    from deployments.ingress_env import direct_ingress_env
+
+    base = Path(direct_ingress_env(port)["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    return any(f"SERVE_REPLICA_{APP_NAME}-" in cfg.read_text() for cfg in base.glob("*/haproxy.cfg"))
+
+
 @pytest.fixture(scope="session")
 def served(ray_cluster, tiny_pipeline_dir):
     """The real app (`build_app`) under `serve.run`, pools warm before the first test."""
@@ -141,10 +157,13 @@ def served(ray_cluster, tiny_pipeline_dir):
     from deployments.app import build_app
 
     config = serving_config(str(tiny_pipeline_dir))
-    serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ.get("HELIOS_TEST_PORT", "8765"))})
+    port = int(os.environ.get("HELIOS_TEST_PORT", "8765"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    s = Served(f"http://127.0.0.1:{os.environ.get('HELIOS_TEST_PORT', '8765')}", config)
+    s = Served(f"http://127.0.0.1:{port}", config)
     stats = ray.get(s.registry().wait_warm.remote(240))
+    if DIRECT_INGRESS:
+        wait_for(lambda: _haproxy_routes_to_replicas(port), 120, "HAProxy routing to the front door's own HTTP server")
     assert all(m["free"] >= 1 for m in stats["models"].values()), stats
     s.settle()  # the client and browser tests may have used this app first
     _started.append(s)
