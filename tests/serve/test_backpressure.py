@@ -38,11 +38,12 @@ STALL_S = 60.0
 STALLED_VIEWERS = 4
 WARMUP_CHUNKS = 3
 """Chunks the normal viewer receives before the baseline is taken (everything is started)."""
-GROWTH_BOUND_MB = 64.0
+GROWTH_BOUND_MB = 80.0
 """Allowed growth over the stalled spell of the private memory of this cluster's processes
 together (Ray workers and HAProxy). What a stalled viewer may hold by design: 8 pieces in the
 front door's skip-forward buffer plus `viewer_queue_chunks` (2) in the relay, about 0.6 MB each
-at 64x96 msgpack: 4 viewers x 10 x 0.6 = 24 MB, which the allocator keeps after they are freed.
+at 64x96 msgpack: 4 viewers x 10 x 0.6 = 24 MB; measured +45 to +55 MB, a step that then stays
+flat (docs/limits.md); the slope is what `TAIL_BOUND_MB` checks.
 
 Measured behind Serve's Python proxy (4 stalled msgpack viewers, 64x96 test pattern, 60 s):
 object store +90 to +93 MB (about 0.38 MB/s per stalled viewer, the stream's own rate),
@@ -159,10 +160,11 @@ def test_stalled_viewers_keep_server_memory_flat(served):
         assert served.command(sid, "set_prompt", prompt="backpressure").status_code == 200
         assert served.command(sid, "start").status_code == 200
         counter.start()
-        sockets = [_stalled_socket(served.base_url, urls["stream_msgpack"]) for _ in range(STALLED_VIEWERS)]
         wait_for(lambda: len(counter.chunks) >= WARMUP_CHUNKS or counter.error, 120, "the normal viewer's first chunks")
         assert counter.error is None, counter.error
         before = _memory()
+        # The spell covers the stalled viewers' whole life: bounded while they sit, then disconnected.
+        sockets = [_stalled_socket(served.base_url, urls["stream_msgpack"]) for _ in range(STALLED_VIEWERS)]
         seen_before = len(counter.chunks)
         deadline = time.monotonic() + STALL_S
         peak = dict(before)
