@@ -11,7 +11,6 @@ Usage: python bench/bench_command_rate.py [--seconds 10] [--clients 8] [--port 8
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -20,7 +19,7 @@ from collections import Counter
 
 import httpx
 
-from served_app import KEY, served_app, started_session
+from served_app import KEY, bench_args, served_app, started_session
 
 
 async def flood(base: str, sid: str, seconds: float, clients: int) -> tuple[Counter, list[float]]:
@@ -45,11 +44,7 @@ async def flood(base: str, sid: str, seconds: float, clients: int) -> tuple[Coun
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--port", type=int, default=8795)
-    args = ap.parse_args()
+    args = bench_args(seconds=10.0, clients=8, port=8795)
 
     with served_app(args.port) as (base, http):
         sid = started_session(http, "flood")["session_id"]

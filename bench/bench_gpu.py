@@ -395,10 +395,11 @@ def bench_served(folder: Path, args, device: torch.device, options: dict) -> Non
     import ray
     from ray import serve
 
-    from bench_serve import KEY, Viewer, command, delete, start_session
+    from bench_serve import KEY, start_session, watched_fps
     from deployments.app import build_app
     from deployments.config import ServingConfig
     from deployments.naming import NAMESPACE, registry_actor_name
+    from served_app import CPU_CLUSTER, local_cluster
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     tps = [1] + ([gpus] if gpus > 1 and 40 % gpus == 0 else [])
@@ -406,11 +407,7 @@ def bench_served(folder: Path, args, device: torch.device, options: dict) -> Non
         tps = [1]
     port = args.port or _free_port()
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    init = {"include_dashboard": False, "log_to_driver": False}
-    if device.type == "cpu":
-        init.update(num_cpus=4, object_store_memory=256 * 2**20)
-    ray.init(**init)
-    try:
+    with local_cluster(**(CPU_CLUSTER if device.type == "cpu" else {})):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for tp in tps:
             models = {"bench": {"kind": "helios", "path": str(folder), "tp_size": tp, "pool_size": 1,
@@ -426,24 +423,11 @@ def bench_served(folder: Path, args, device: torch.device, options: dict) -> Non
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
             t0 = time.perf_counter()
             body = start_session(http, "bench", PROMPTS[3])
-            viewer = Viewer(http, body["urls"]["stream_msgpack"] + "&from=0", args.chunks + 1)
-            viewer.start()
-            command(http, body["session_id"], "start")
-            viewer.join(3600)
-            delete(http, body["session_id"])
-            arr = viewer.arrivals
-            if viewer.error or len(arr) < 2:
-                raise RuntimeError(f"served viewer got {len(arr)} chunks ({viewer.error})")
-            fps = sum(n for _, n, _ in arr[1:]) / (arr[-1][2] - arr[0][2])
+            fps, arr = watched_fps(http, body, args.chunks + 1, join_s=3600)
             emit(bench="gpu", metric="served", device=device_name(device), preset=args.preset, tp=tp,
                  steps=options["pyramid_steps"], served_fps=round(fps, 3), chunks=len(arr),
                  session_to_first_chunk_s=round(arr[0][2] - t0, 3))
             serve.delete("helios")
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
 
 # -- main ------------------------------------------------------------------------------------------

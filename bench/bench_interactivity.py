@@ -30,8 +30,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from helios.media import framing  # noqa: E402 - after the environment it reads
+from served_app import CPU_CLUSTER, KEY, active_session, local_cluster  # noqa: E402
 
-KEY = "bench-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 GEOMETRY = {"height": 128, "width": 128}
 CHUNK_S = 33 / 24.0
@@ -103,13 +103,7 @@ class Viewer(threading.Thread):
 
 
 def create(http: httpx.Client, model: str) -> dict:
-    r = http.post("/v1/sessions", json={"model": model, "seed": 1}, headers=AUTH)
-    r.raise_for_status()
-    body = r.json()
-    while body["status"] != "active":
-        time.sleep(0.2)
-        body = {**body, **http.get(f"/v1/sessions/{body['session_id']}", headers=AUTH).json()}
-    return body
+    return active_session(http, model, AUTH, poll_s=0.2)
 
 
 def command(http: httpx.Client, sid: str, name: str, **args) -> float:
@@ -194,8 +188,7 @@ def main() -> None:
     from helios.pipeline.tiny import make_tiny_pipeline
 
     tiny = str(make_tiny_pipeline(os.path.expanduser(args.tiny_dir), seed=0))
-    ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_cluster(**CPU_CLUSTER):
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(build_app(config(tiny)), name="helios", route_prefix="/")
         registry = ray.get_actor(registry_actor_name("helios"), namespace=NAMESPACE)
@@ -207,11 +200,6 @@ def main() -> None:
             ray.get(registry.wait_warm.remote(600))
             emit(**prompt_latency(http, model, args.prompts, rng))
             ray.get(registry.wait_warm.remote(600))
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Usage: python bench/bench_reader_flood.py [--connections 300] [--settle 30] [--p
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -19,7 +18,7 @@ from collections import Counter
 
 import httpx
 
-from served_app import served_app, started_session
+from served_app import bench_args, served_app, started_session
 
 HEALTHZ_TIMEOUT_S = 120.0
 
@@ -67,11 +66,7 @@ async def flood(base: str, events_url: str, connections: int, settle_s: float) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--connections", type=int, default=300)
-    ap.add_argument("--settle", type=float, default=30.0)
-    ap.add_argument("--port", type=int, default=8796)
-    args = ap.parse_args()
+    args = bench_args(connections=300, settle=30.0, port=8796)
 
     with served_app(args.port) as (base, http):
         body = started_session(http, "flood")

@@ -29,7 +29,8 @@ import msgpack
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KEY = "bench-key-0123456789"
+from served_app import CPU_CLUSTER, KEY, active_session, local_cluster  # noqa: E402 - after the environment it reads
+
 TINY = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
 
 
@@ -104,12 +105,7 @@ class Viewer(threading.Thread):
 
 def start_session(http: httpx.Client, model: str, prompt: str) -> dict:
     h = {"Authorization": f"Bearer {KEY}"}
-    r = http.post("/v1/sessions", json={"model": model, "seed": 1}, headers=h)
-    r.raise_for_status()
-    body = r.json()
-    while body["status"] != "active":
-        time.sleep(0.5)
-        body = {**body, **http.get(f"/v1/sessions/{body['session_id']}", headers=h).json()}
+    body = active_session(http, model, h, poll_s=0.5)
     http.post(f"/v1/sessions/{body['session_id']}/commands", json={"command": "set_prompt", "args": {"prompt": prompt}}, headers=h)
     return body
 
@@ -124,10 +120,18 @@ def delete(http: httpx.Client, sid: str) -> None:
 
 def served_fps(http: httpx.Client, chunks: int) -> tuple[float, list]:
     body = start_session(http, "helios-tiny", "a red fox in the snow")
+    return watched_fps(http, body, chunks, join_s=1800)
+
+
+def watched_fps(http: httpx.Client, body: dict, chunks: int, join_s: float) -> tuple[float, list]:
+    """Start the created session `body`, watch `chunks` chunks from chunk 0, end it: (viewer FPS, arrivals).
+
+    The FPS counts from the first chunk's arrival, so the session's start-up is not in it.
+    """
     viewer = Viewer(http, body["urls"]["stream_msgpack"] + "&from=0", chunks)
     viewer.start()
     command(http, body["session_id"], "start")
-    viewer.join(1800)
+    viewer.join(join_s)
     delete(http, body["session_id"])
     arr = viewer.arrivals
     if viewer.error or len(arr) < 2:
@@ -173,8 +177,7 @@ def main() -> None:
     from helios.pipeline.tiny import make_tiny_pipeline
 
     tiny = str(make_tiny_pipeline(os.path.expanduser("~/.cache/helios-serve/tiny"), seed=0))
-    ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_cluster(**CPU_CLUSTER):
         bare = bare_fps(tiny, args.tp, args.chunks)
         emit(bench="serve", metric="bare_fps", tp=args.tp, value=round(bare, 3))
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
@@ -194,11 +197,6 @@ def main() -> None:
              p50_ms=round(1000 * (lat["p50"] or 0), 2), p99_ms=round(1000 * (lat["p99"] or 0), 2), n=lat["n"])
         for s, v in ((1, 1), (1, 4), (2, 2), (4, 1)):
             emit(bench="serve", metric="scaling", model="test-pattern", **scaling(http, s, v, args.scaling_chunks))
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Benchmarks run as scripts (`python bench/x.py`), so they import this module by n
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Iterator
@@ -30,25 +31,58 @@ def config():
     })
 
 
+CPU_CLUSTER = {"num_cpus": 4, "object_store_memory": 256 * 1024**2}
+"""Resources of the local cluster on a CPU-only machine (the benchmarks share it with other work)."""
+
+
+@contextmanager
+def local_cluster(**init) -> Iterator[None]:
+    """A local Ray cluster (`ray.init(**init)`, no dashboard); Serve and Ray are shut down on exit."""
+    import ray
+    from ray import serve
+
+    ray.init(include_dashboard=False, log_to_driver=False, **init)
+    try:
+        yield
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
 @contextmanager
 def served_app(port: int) -> Iterator[tuple[str, httpx.Client]]:
     """(base URL, an HTTP client with the bench key) of the app served on `port`; shut down on exit."""
-    import ray
     from ray import serve
 
     from deployments.app import build_app
 
-    ray.init(num_cpus=4, object_store_memory=256 * 1024**2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config()), name="helios", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    try:
-        yield base, http
-    finally:
-        http.close()
-        serve.shutdown()
-        ray.shutdown()
+    with local_cluster(**CPU_CLUSTER):
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config()), name="helios", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+            yield base, http
+
+
+def bench_args(**defaults) -> argparse.Namespace:
+    """The command line of a served benchmark: one `--name` option per keyword, typed and defaulted by its value."""
+    ap = argparse.ArgumentParser()
+    for name, default in defaults.items():
+        ap.add_argument(f"--{name}", type=type(default), default=default)
+    return ap.parse_args()
+
+
+def active_session(http: httpx.Client, model: str, headers: dict[str, str], poll_s: float) -> dict:
+    """Create a session of `model` (seed 1) and poll every `poll_s` until it is active (it may be queued first): its body."""
+    r = http.post("/v1/sessions", json={"model": model, "seed": 1}, headers=headers)
+    r.raise_for_status()
+    body = r.json()
+    while body["status"] != "active":
+        time.sleep(poll_s)
+        body = {**body, **http.get(f"/v1/sessions/{body['session_id']}", headers=headers).json()}
+    return body
 
 
 def started_session(http: httpx.Client, prompt: str) -> dict:

@@ -5,25 +5,19 @@ forward with the collectives timed; outputs and timing stats go to `out_dir`."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import torch
+from tp_spawn import rank_start
 
 
 def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str, out_dir: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
+    inputs, out, tp = rank_start(rank, world_size, port, inputs_file, out_dir)
     import torch.distributed as tdist
 
     from helios.model.fast import FastPathConfig, apply_fast_path
-    from helios.parallel import init_tp_group
     from helios.parallel import timing
     from helios.weights import from_pretrained
 
-    inputs = torch.load(inputs_file)
-    out = Path(out_dir)
-    tp = init_tp_group(rank, world_size, master_addr="127.0.0.1", master_port=port, backend="gloo")
     runs = {
         "eager": FastPathConfig(attention="sdpa"),
         "overlap": FastPathConfig(attention="sdpa", tp_overlap=True),

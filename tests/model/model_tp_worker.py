@@ -8,24 +8,18 @@ plus what `init_tp_group` did when called again on the initialised world."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import torch
+from tp_spawn import rank_start
 
 
 def run(rank: int, world_size: int, port: int, checkpoint: str, inputs_file: str, out_dir: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
+    inputs, out, tp_world = rank_start(rank, world_size, port, inputs_file, out_dir)
     import torch.distributed as tdist
 
     from helios.parallel import TPGroup, init_tp_group
     from helios.weights import from_pretrained
 
-    inputs = torch.load(inputs_file)
-    out = Path(out_dir)
-
-    tp_world = init_tp_group(rank, world_size, master_addr="127.0.0.1", master_port=port, backend="gloo")
     again = init_tp_group(rank, world_size, master_addr="127.0.0.1", master_port=port)
     try:
         init_tp_group((rank + 1) % world_size, world_size, master_addr="127.0.0.1", master_port=port)

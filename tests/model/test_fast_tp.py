@@ -4,23 +4,16 @@ blocking path, FP8 and compiled ranks stay close to eager, collectives are timed
 from __future__ import annotations
 
 import json
-import socket
 
 import fast_tp_worker
 import pytest
 import torch
-import torch.multiprocessing as mp
 from model_inputs import TP_CONFIG, make_inputs
+from tp_spawn import spawn_ranks
 
 WORLD = 2
 
 pytestmark = pytest.mark.tp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -29,11 +22,7 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def fast_tp_run(tp_ckpt, tmp_path_factory):
-    work = tmp_path_factory.mktemp("fast-tp-run")
-    inputs_file = work / "inputs.pt"
-    torch.save(make_inputs(batch=1), inputs_file)
-    mp.spawn(fast_tp_worker.run, args=(WORLD, _free_port(), str(tp_ckpt), str(inputs_file), str(work)), nprocs=WORLD)
-    return work
+    return spawn_ranks(fast_tp_worker.run, WORLD, tp_ckpt, tmp_path_factory.mktemp("fast-tp-run"), make_inputs(batch=1))
 
 
 def _load(run, tag):

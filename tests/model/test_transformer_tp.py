@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import model_tp_worker
 import pytest
 import torch
-import torch.multiprocessing as mp
 from model_inputs import make_inputs
+from tp_spawn import spawn_ranks
 
 FP32_TOL = 1e-5
 WORLD = 4
@@ -17,22 +16,10 @@ WORLD = 4
 pytestmark = pytest.mark.tp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tp_run(tp_ckpt, tmp_path_factory):
     """Run 4 gloo ranks once: TP=4 on the world group, TP=2 on two existing subgroups."""
-    work = tmp_path_factory.mktemp("tp-run")
-    inputs_file = work / "inputs.pt"
-    torch.save(make_inputs(batch=1), inputs_file)
-    mp.spawn(
-        model_tp_worker.run, args=(WORLD, _free_port(), str(tp_ckpt), str(inputs_file), str(work)), nprocs=WORLD
-    )
-    return work
+    return spawn_ranks(model_tp_worker.run, WORLD, tp_ckpt, tmp_path_factory.mktemp("tp-run"), make_inputs(batch=1))
 
 
 @pytest.fixture(scope="module")

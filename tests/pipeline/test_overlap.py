@@ -14,27 +14,21 @@ import pytest
 import torch
 
 from helios.pipeline import HeliosStreamPipeline
+from tests.overlap_support import GEOMETRY, sensitive_pipe
 
-GEOMETRY = dict(height=64, width=64, num_latent_frames_per_chunk=3, pyramid_steps=[1, 1, 1])
 GATE_TIMEOUT_S = 60.0
-
-
-def _pipe(folder, overlap: str, vae) -> HeliosStreamPipeline:
-    pipe = HeliosStreamPipeline.from_pretrained(folder, decode_overlap=overlap, **GEOMETRY)
-    pipe.codec.vae = vae  # frames that follow the latents, so frame comparisons can fail
-    return pipe
 
 
 @pytest.fixture(scope="module")
 def sync_pipe(tiny_pipeline_dir, sensitive_vae):
-    pipe = _pipe(tiny_pipeline_dir, "off", sensitive_vae())
+    pipe = sensitive_pipe(tiny_pipeline_dir, "off", sensitive_vae())
     yield pipe
     pipe.close()
 
 
 @pytest.fixture(scope="module")
 def overlap_pipe(tiny_pipeline_dir, sensitive_vae):
-    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
+    pipe = sensitive_pipe(tiny_pipeline_dir, "on", sensitive_vae())
     yield pipe
     pipe.close()
 
@@ -129,7 +123,7 @@ def test_next_chunk_denoises_while_the_previous_one_decodes_in_order(overlap_pip
 
 
 def test_close_finishes_every_chunk_still_decoding(tiny_pipeline_dir, sensitive_vae):
-    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
+    pipe = sensitive_pipe(tiny_pipeline_dir, "on", sensitive_vae())
     gate, _order, restore = _gate_decode(pipe)
     pipe.reset(1)
     pipe.set_prompt("a red fox running through snow")

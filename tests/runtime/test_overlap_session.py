@@ -16,18 +16,12 @@ import torch
 
 from helios.models.helios import HeliosModel
 from helios.pipeline import HeliosStreamPipeline
+from tests.overlap_support import GEOMETRY, sensitive_pipe
 from helios.pipeline.text import PromptEncoder
 from helios.runtime import MemorySink, Session
 
 PROMPT = "a red fox running through snow"
-GEOMETRY = dict(height=64, width=64, num_latent_frames_per_chunk=3, pyramid_steps=[1, 1, 1])
 TIMEOUT = 300
-
-
-def _pipe(folder, overlap: str, vae) -> HeliosStreamPipeline:
-    pipe = HeliosStreamPipeline.from_pretrained(folder, decode_overlap=overlap, **GEOMETRY)
-    pipe.codec.vae = vae  # frames that follow the latents, so frame comparisons can fail
-    return pipe
 
 
 def _cmd(session: Session, name: str, **args) -> None:
@@ -47,8 +41,8 @@ def _released_after_restart(sink: MemorySink, chunk: int) -> int:
 
 
 def test_overlapped_session_keeps_order_and_frames_across_reset(tiny_pipeline_dir, one_torch_thread, sensitive_vae):
-    pipe = _pipe(tiny_pipeline_dir, "on", sensitive_vae())
-    reference = _pipe(tiny_pipeline_dir, "off", sensitive_vae())
+    pipe = sensitive_pipe(tiny_pipeline_dir, "on", sensitive_vae())
+    reference = sensitive_pipe(tiny_pipeline_dir, "off", sensitive_vae())
     reference.reset(0)
     reference.set_prompt(PROMPT)
     expected = [reference.next_chunk().frames for _ in range(6)]
