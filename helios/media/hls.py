@@ -119,11 +119,11 @@ class HlsTrack:
     # ---- producer side -------------------------------------------------------------
     @property
     def last_msn(self) -> int | None:
-        return next(reversed(self.segments)) if self.segments else None
+        return max(self.segments, default=None)
 
     @property
     def first_msn(self) -> int | None:
-        return next(iter(self.segments)) if self.segments else None
+        return min(self.segments, default=None)
 
     def add(self, msn: int, parts: tuple[HlsPart, ...], duration_s: float, program_date: float | None = None) -> None:
         """Append segment `msn` (chunks missing before it become gap segments); older ones slide out."""

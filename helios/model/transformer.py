@@ -48,28 +48,33 @@ def timestep_features(timestep: torch.Tensor, dim: int, max_period: float = 1000
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-class HeliosTimestepMLP(nn.Module):
+class _TwoLinear(nn.Module):
+    """in_dim -> model width: linear_1, the subclass's activation, linear_2 (diffusers' parameter names)."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.activation(self.linear_1(x)))
+
+
+class HeliosTimestepMLP(_TwoLinear):
     """timestep features -> model width (kept in float32)."""
 
-    def __init__(self, freq_dim: int, dim: int) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(freq_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
 
 
-class HeliosTextProjection(nn.Module):
+class HeliosTextProjection(_TwoLinear):
     """Text-encoder states -> model width."""
 
-    def __init__(self, text_dim: int, dim: int) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(text_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
 
 
 class HeliosConditionEmbedder(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,32 +56,32 @@ class _Blend:
         return self.done >= self.total
 
 
+@dataclass(kw_only=True, eq=False)
 class PipelineChunk:
     """A chunk whose latents are done; `result()` waits for its frames (the PendingChunk protocol)."""
 
-    def __init__(self, *, chunk: int, prompt: str, seed: int, timings: dict[str, float], started_at: float,
-                 job: DecodeJob):
-        self.chunk = chunk
-        self._prompt = prompt
-        self._seed = seed
-        self._timings = timings
-        self._started_at = started_at
-        self._job = job
-        self._result: ChunkResult | None = None
+    chunk: int
+    prompt: str
+    seed: int
+    timings: dict[str, float]
+    """Milliseconds per stage until the latents were done (the decode ones are added by `result()`)."""
+    started_at: float
+    job: DecodeJob
+    _result: ChunkResult | None = field(default=None, init=False, repr=False)
 
     def done(self) -> bool:
         """True once the frames are decoded (result() then returns at once)."""
-        return self._job.future.done()
+        return self.job.future.done()
 
     def result(self) -> ChunkResult:
         if self._result is None:
             t0 = time.perf_counter()
-            frames = self._job.result()
-            timings = dict(self._timings)
-            timings["decode"] = self._job.decode_ms
+            frames = self.job.result()
+            timings = dict(self.timings)
+            timings["decode"] = self.job.decode_ms
             timings["decode_wait"] = (time.perf_counter() - t0) * 1000.0
-            timings["total"] = (self._job.finished_at - self._started_at) * 1000.0
-            self._result = ChunkResult(chunk=self.chunk, frames=frames, prompt=self._prompt, seed=self._seed,
+            timings["total"] = (self.job.finished_at - self.started_at) * 1000.0
+            self._result = ChunkResult(chunk=self.chunk, frames=frames, prompt=self.prompt, seed=self.seed,
                                        timings_ms=timings)
         return self._result
 
