@@ -69,6 +69,8 @@ class Viewer(threading.Thread):
         super().__init__(daemon=True)
         self.http, self.url = http, url
         self.arrivals: list[tuple[int, str | None, float]] = []
+        self.timing: dict[str, float] = {}
+        """Chunk 0's server-side stamps (wall clock) plus `viewer_got_at`: the TTFF breakdown."""
         self.error: BaseException | None = None
         self.cond = threading.Condition()
         self.done = False
@@ -79,6 +81,8 @@ class Viewer(threading.Thread):
                 for item in framing.unpack_stream(r.iter_bytes()):
                     if item.get("type") == "end":
                         return
+                    if item.get("timing"):
+                        self.timing = {**item["timing"], "viewer_got_at": time.time()}
                     with self.cond:
                         self.arrivals.append((item["chunk"], item.get("prompt"), time.perf_counter()))
                         self.cond.notify_all()
@@ -143,9 +147,25 @@ def prompt_latency(http: httpx.Client, model: str, prompts: int, rng: random.Ran
             "target": "p50 <= 0.8 chunk, max <= 1.3 chunks"}
 
 
-def ttff_once(http: httpx.Client, model: str) -> float:
-    t0 = time.perf_counter()
+STAGES = [
+    ("post_sent", "admitted_at", "post_to_registry"),
+    ("admitted_at", "actor_created_at", "actor_create"),
+    ("actor_created_at", "start_called_at", "actor_to_start_call"),
+    ("start_called_at", "actor_ready_at", "model_build"),
+    ("actor_ready_at", "post_answered", "post_answer"),
+    ("post_answered", "start_command_at", "commands_to_start"),
+    ("start_command_at", "first_chunk_at", "first_chunk"),
+    ("first_chunk_at", "relay_got_at", "relay_feed"),
+    ("relay_got_at", "viewer_got_at", "to_viewer"),
+]
+"""TTFF stages: (from stamp, to stamp, name); stamps are wall clock on this one machine."""
+
+
+def ttff_once(http: httpx.Client, model: str) -> tuple[float, dict[str, float]]:
+    """Time to first frame and its stages in seconds."""
+    t0, wall0 = time.perf_counter(), time.time()
     body = create(http, model)
+    answered = time.time()
     sid = body["session_id"]
     viewer = Viewer(http, body["urls"]["stream_msgpack"] + "&from=0")
     viewer.start()
@@ -155,19 +175,27 @@ def ttff_once(http: httpx.Client, model: str) -> float:
         _, _, arrived = viewer.wait(lambda a: True)
     finally:
         delete(http, sid)
-    return arrived - t0
+    stamps = {**viewer.timing, "post_sent": wall0, "post_answered": answered}
+    stages = {name: stamps[b] - stamps[a] for a, b, name in STAGES if a in stamps and b in stamps}
+    stages["spare"] = float(viewer.timing.get("spare", 0.0))
+    return arrived - t0, stages
 
 
 def ttff(http: httpx.Client, model: str, runs: int, registry) -> dict:
     import ray
 
-    values = []
+    values, stages = [], []
     for _ in range(runs):
         ray.get(registry.wait_warm.remote(600))
-        values.append(ttff_once(http, model))
+        total, parts = ttff_once(http, model)
+        values.append(total)
+        stages.append(parts)
+    names = [name for _, _, name in STAGES if any(name in p for p in stages)]
+    breakdown = {n: round(statistics.median([p[n] for p in stages if n in p]), 3) for n in names}
     return {"bench": "interactivity", "metric": "ttff", "model": model, "n": runs,
             "p50_s": round(statistics.median(values), 3), "max_s": round(max(values), 3),
-            "min_s": round(min(values), 3), "target_s": 0.5 if model == "test-pattern" else None}
+            "min_s": round(min(values), 3), "target_s": 0.5 if model == "test-pattern" else None,
+            "breakdown_p50_s": breakdown, "spare_actor_used": int(sum(p["spare"] for p in stages))}
 
 
 def main() -> None:

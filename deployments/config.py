@@ -157,6 +157,9 @@ class ServingConfig(_Strict):
     ring_size: int = Field(8, ge=1, description="Recent chunk refs a session keeps for late joiners.")
     message_log_size: int = Field(1024, ge=16, description="Recent protocol messages a session keeps for SSE/WS replay.")
     session_linger_s: float = Field(15.0, ge=0, description="An ended session's actor stays this long so viewers drain its last chunks.")
+    spare_session_actors: int = Field(
+        1, ge=0, le=16, description="Session actors started ahead per model, so an admitted session skips actor start-up (time to first frame); 0: none."
+    )
     command_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a command's ack before 504.")
     max_viewers_per_session: int = Field(
         64, ge=1, description="Readers of one session at once: video streams of every format plus SSE and WebSocket; beyond: 429."

@@ -37,6 +37,7 @@ class ActorCache:
         self.size = size
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self.lookups = 0
+        self._prefetching: set[asyncio.Future] = set()
         """GCS lookups made (cache misses); tests and /metrics read it."""
 
     async def get(self, name: str) -> Any | None:
@@ -52,6 +53,14 @@ class ActorCache:
             while len(self._handles) > self.size:
                 self._handles.popitem(last=False)
         return handle
+
+    def prefetch(self, name: str) -> None:
+        """Look `name` up in the background (a session just admitted: its first command skips the GCS round trip)."""
+        if name in self._handles:
+            return
+        task = asyncio.ensure_future(self.get(name))
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetching.discard)
 
     def forget(self, name: str) -> None:
         """Drop `name` after a call through its handle failed: the next `get` resolves it again."""

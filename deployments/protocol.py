@@ -138,6 +138,25 @@ class SessionStats:
 
 
 @dataclass(frozen=True)
+class SessionAssignment:
+    """What makes a spare (pre-started, parked) session actor a tenant's session, handed to its `start`.
+
+    A spare is created before its session exists so admission skips the actor's start-up
+    (deployments/spares.py); everything that belongs to one session comes here.
+    """
+
+    tenant: str
+    group: Any
+    """The leased `ShardGroup`, or None for a model without one."""
+    seed: int | None
+    idle_timeout_s: float
+    max_session_s: float
+    command_rate: Any
+    """The tenant's `RateLimitSpec` (or None)."""
+    admitted_at: float
+
+
+@dataclass(frozen=True)
 class SessionStarted:
     """Answer of `SessionActor.start`."""
 

@@ -23,7 +23,7 @@ from deployments.config import ServingConfig
 from deployments.lookup import get_actor
 from deployments.model_factory import model_factory_for
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name
-from deployments.pools import Pools
+from deployments.pools import WARM_POLL_S, Pools
 from deployments.protocol import (
     Admission,
     CommandQueued,
@@ -31,6 +31,7 @@ from deployments.protocol import (
     QueuedCommandsFull,
     QuotaExceeded,
     RegistryStats,
+    SessionAssignment,
     SessionEnded,
     SessionNotFound,
     SessionRecord,
@@ -41,8 +42,8 @@ from deployments.protocol import (
     cause_of,
 )
 from deployments.readers import ReaderKind, ReaderTable, new_viewer_token
-from deployments.session_actor import SessionActor
 from deployments.shard import ShardGroup
+from deployments.spares import SpareActors, create_session_actor
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class SessionRegistry:
         self._watching = False
         self._tasks: set[asyncio.Future] = set()
         self.pools = Pools(config, self._spawn, self._admit_waiting)
+        self.spares = SpareActors(config, self.name, self._spawn)
+        self._spare_of: dict[str, Any] = {}
+        """Admitted session id -> the spare actor it takes (until its start)."""
         self.readers = ReaderTable()
         self._status_changed = asyncio.Event()
         """Set (and replaced) whenever a session leaves the queue or ends: wakes `wait_admitted` callers."""
@@ -85,18 +89,35 @@ class SessionRegistry:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _start_pools(self) -> None:
+        """Fill the pools and the spare actors (idempotent)."""
+        self.pools.start()
+        if not self._shutting_down:
+            self.spares.start()
+
+    async def owns_spare(self, session_id: str) -> bool:
+        """Asked by a parked spare: whether this registry still keeps it (else it exits)."""
+        return self.spares.owns(session_id) or session_id in self._spare_of
+
+    async def spare_counts(self) -> dict[str, int]:
+        """Parked spare actors per model (tests and operators)."""
+        return {m: len(spares) for m, spares in self.spares.ready.items()}
+
     async def ready(self, watch_app: bool = False) -> RegistryStats:
         """Start the pools (idempotent); with `watch_app`, end everything once the Serve app is deleted."""
-        self.pools.start()
+        self._start_pools()
         if watch_app and not self._watching:
             self._watching = True
             self._spawn(self._watch_app())
         return await self.stats()
 
     async def wait_warm(self, timeout_s: float = 300.0) -> RegistryStats:
-        """Wait until every pool is fully built (tests and benchmarks); returns stats."""
-        self.pools.start()
+        """Wait until every pool is fully built and every spare actor parked (tests and benchmarks); returns stats."""
+        self._start_pools()
+        deadline = time.monotonic() + timeout_s
         await self.pools.wait_warm(timeout_s)
+        while not self.spares.full() and time.monotonic() < deadline:
+            await asyncio.sleep(WARM_POLL_S)  # a poll period of this wait, not a synchronisation
         return await self.stats()
 
     async def _watch_app(self) -> None:
@@ -126,7 +147,7 @@ class SessionRegistry:
         Raises ShuttingDown, UnknownModel, QuotaExceeded, NoCapacity (queue full) or
         SessionStartFailed (the model did not start on its group).
         """
-        self.pools.start()
+        self._start_pools()
         retry = self.config.retry_after_s
         if self._shutting_down:
             raise ShuttingDown("server: the server is shutting down", retry_after_s=retry)
@@ -143,7 +164,10 @@ class SessionRegistry:
         if not has_free and len(queue) >= self.config.queue_size:
             self.counters["sessions_rejected"] += 1
             raise NoCapacity(f"model: all {model!r} groups are busy and the queue is full", retry_after_s=retry)
-        sid = uuid.uuid4().hex
+        spare = self.spares.take(model) if has_free else None
+        sid = spare[0] if spare is not None else uuid.uuid4().hex
+        if spare is not None:
+            self._spare_of[sid] = spare[1]
         rec = SessionRecord(sid, tenant, model, new_viewer_token(), seed, actor_name=session_actor_name(sid))
         self.sessions[sid] = rec
         self.counters["sessions_created"] += 1
@@ -219,21 +243,21 @@ class SessionRegistry:
         rec.group_id = slot.group_id if slot is not None else None
         cfg = self.config
         spec = cfg.models[rec.model]
-        actor = None
+        quota = cfg.quota_of(rec.tenant)
+        actor = self._spare_of.pop(rec.session_id, None)
         try:
-            actor = (
-                ray.remote(SessionActor)
-                .options(
-                    name=rec.actor_name,
-                    namespace=NAMESPACE,
-                    lifetime="detached",
-                    num_cpus=0,
-                    max_restarts=0,
-                    max_concurrency=1000,
-                    # Never inherit a caller's placement group (pitfall: capture by the replica's group).
-                    scheduling_strategy="DEFAULT",
+            if actor is not None:  # a spare, already up: it becomes this session
+                assignment = SessionAssignment(
+                    rec.tenant, slot, rec.seed, cfg.idle_timeout_s, quota.max_session_s, quota.command_rate, rec.created_at
                 )
-                .remote(
+                try:
+                    await actor.start.remote(pending, assignment)
+                except ray.exceptions.RayActorError as exc:  # it died while parked: start a new actor instead
+                    logger.warning("spare actor of session %s is gone (%s): starting a new one", rec.session_id, exc)
+                    actor = None
+            if actor is None:
+                actor = create_session_actor(
+                    rec.actor_name,
                     rec.session_id,
                     rec.tenant,
                     rec.model,
@@ -245,12 +269,12 @@ class SessionRegistry:
                     ring_size=cfg.ring_size,
                     message_log_size=cfg.message_log_size,
                     idle_timeout_s=cfg.idle_timeout_s,
-                    max_session_s=cfg.quota_of(rec.tenant).max_session_s,
+                    max_session_s=quota.max_session_s,
                     linger_s=cfg.session_linger_s,
-                    command_rate=cfg.quota_of(rec.tenant).command_rate,
+                    command_rate=quota.command_rate,
+                    admitted_at=rec.created_at,
                 )
-            )
-            await actor.start.remote(pending)
+                await actor.start.remote(pending)
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
             self.counters["sessions_failed"] += 1
@@ -402,6 +426,7 @@ class SessionRegistry:
         """
         self._shutting_down = True
         self.pools.closed = True  # slots given back from now on are destroyed, not reused
+        self.spares.close()
         for model, queue in self.queues.items():
             while queue:
                 sid = queue.popleft()

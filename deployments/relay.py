@@ -103,7 +103,10 @@ class _Feed:
                 reply: ChunkBatch = await actor.wait_chunks.remote(after, timeout)
                 for item in reply.chunks:
                     ref = item.refs[0]
-                    entry = ChunkEntry(item.chunk, item.meta, lambda ref=ref: _load_ref(ref))
+                    meta = item.meta
+                    if "timing" in meta:  # chunk 0: its time to first frame, broken down
+                        meta = {**meta, "timing": {**meta["timing"], "relay_got_at": time.time()}}
+                    entry = ChunkEntry(item.chunk, meta, lambda ref=ref: _load_ref(ref))
                     self.fanout.publish(entry)
                     after = max(after, entry.chunk)
                 self.ready.set()

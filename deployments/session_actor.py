@@ -30,6 +30,7 @@ from deployments.protocol import (
     CommandRateLimited,
     LoggedMessage,
     MessageBatch,
+    SessionAssignment,
     SessionStarted,
     SessionStats,
 )
@@ -40,6 +41,8 @@ from helios.runtime.messages import Message, ack_message, event_message
 logger = logging.getLogger(__name__)
 
 WATCH_PERIOD_S = 0.5
+PARKED_CHECK_S = 2.0
+"""How often a spare asks its registry whether it still owns it."""
 
 
 class _ActorSink:
@@ -84,7 +87,12 @@ class SessionActor:
         max_session_s: float,
         linger_s: float,
         command_rate: RateLimitSpec | None = None,
+        admitted_at: float | None = None,
     ):
+        self.timing: dict[str, float] = {"actor_created_at": time.time()}
+        """Wall-clock stamps on the way to the first frame (chunk 0 carries them: the TTFF breakdown)."""
+        if admitted_at is not None:
+            self.timing["admitted_at"] = admitted_at
         self.session_id = session_id
         self.tenant = tenant
         self.model_name = model_name
@@ -122,20 +130,60 @@ class SessionActor:
         self._last_error: str | None = None
         self._final_done: asyncio.Future | None = None
         self._watch_task = None
+        self._starting = False
+        self._parked: asyncio.Future | None = None
         self._ready = asyncio.Event()
         """Set once start() has finished (successfully or not): commands wait for it."""
 
     # ---- start-up -------------------------------------------------------------------
-    async def start(self, pending: list[dict] | None = None) -> SessionStarted:
+    async def park(self) -> None:
+        """Wait as a spare (deployments/spares.py) until `start` makes this a session, or exit once the
+        registry no longer owns it (the registry was replaced, or it is shutting down): a spare never
+        outlives the registry that made it. Returns at once; the check runs in the background."""
+        self._parked = asyncio.ensure_future(self._watch_owner())
+
+    async def _watch_owner(self) -> None:
+        while not self._ready.is_set() and not self._starting:
+            await asyncio.sleep(PARKED_CHECK_S)  # a period, not a synchronisation
+            if self._ready.is_set() or self._starting:
+                return
+            try:
+                registry = await get_actor(self.registry_name, NAMESPACE)
+                owned = registry is not None and await registry.owns_spare.remote(self.session_id)
+            except ray.exceptions.RayError as exc:
+                logger.info("spare %s: its registry is gone (%s)", self.session_id, type(exc).__name__)
+                owned = False
+            if not owned and not self._starting:
+                logger.info("spare %s: no registry owns it any more: exiting", self.session_id)
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+    def _assign(self, a: SessionAssignment) -> None:
+        """Become the session of `a` (a spare was created with placeholders)."""
+        self.tenant, self.group, self.seed = a.tenant, a.group, a.seed
+        self.idle_timeout_s, self.max_session_s = a.idle_timeout_s, a.max_session_s
+        self.command_bucket = TokenBucket.from_spec(a.command_rate or RateLimitSpec())
+        self.created_at = a.admitted_at
+        self.last_activity = time.monotonic()
+        # Started long before its session: for the breakdown it was there at admission (0 s to create).
+        self.timing.update(admitted_at=a.admitted_at, actor_created_at=a.admitted_at, spare=1.0)
+
+    async def start(self, pending: list[dict] | None = None, assignment: SessionAssignment | None = None) -> SessionStarted:
         """Build the model on the leased group, start the session and apply `pending` (the set-up
         commands kept while it was queued) in order; raises if the model cannot start.
 
+        `assignment` makes a spare this session (its tenant, group, seed, quotas).
         Commands sent meanwhile wait for `_ready`, so they come after every pending one.
         """
+        self._starting = True
+        if assignment is not None:
+            self._assign(assignment)
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
+        self.timing["start_called_at"] = time.time()
         try:
             await asyncio.to_thread(self._build)
+            self.timing["actor_ready_at"] = time.time()
             if pending:
                 await asyncio.to_thread(self._apply_pending, list(pending))
         except BaseException as exc:
@@ -221,6 +269,7 @@ class SessionActor:
         }
         if self.next_chunk == 0:
             meta["session_created_at"] = self.created_at  # time to first frame, measured where a viewer gets it
+            meta["timing"] = {**self.timing, "first_chunk_at": meta["produced_at"]}
         self.ring.append(ChunkItem(self.next_chunk, [ref], meta))
         self.chunk_times.append(time.monotonic())
         self.next_chunk += 1
@@ -288,6 +337,8 @@ class SessionActor:
         the message log (and every SSE/WS reader) alone.
         """
         self.last_activity = time.monotonic()
+        if cmd.get("command") == "start":
+            self.timing.setdefault("start_command_at", time.time())
         if not self.command_bucket.try_acquire():
             bucket = self.command_bucket
             wait = bucket.retry_after_s()

@@ -91,6 +91,7 @@ class SessionRoutes(FrontDoorBase):
         )
         if admission.status is SessionStatus.QUEUED:
             return JSONResponse(created.model_dump(), status_code=202, headers={"Retry-After": str(self.config.retry_after_s)})
+        self._actors.prefetch(rec.actor_name)  # its first command comes next (time to first frame)
         return JSONResponse(created.model_dump(), status_code=201)
 
     @router.get("/v1/sessions/{session_id}", response_model=SessionInfo)

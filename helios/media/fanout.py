@@ -164,6 +164,7 @@ class SessionEncoders:
             first_frame=int(entry.meta.get("first_frame", 0)),
             prompt=entry.meta.get("prompt"),
             fps=fps,
+            timing=entry.meta.get("timing"),
         )
 
     def close(self) -> None:

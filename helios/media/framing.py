@@ -10,9 +10,16 @@ import numpy as np
 from helios.media.mp4 import check_frames
 
 
-def pack_chunk(frames: np.ndarray, *, chunk: int, first_frame: int, prompt: str | None, fps: float) -> bytes:
-    """One chunk as a msgpack map `{"type": "chunk", "chunk", "first_frame", "shape", "dtype", "frames", "prompt", "fps"}`."""
+def pack_chunk(
+    frames: np.ndarray, *, chunk: int, first_frame: int, prompt: str | None, fps: float, timing: dict | None = None
+) -> bytes:
+    """One chunk as a msgpack map `{"type": "chunk", "chunk", "first_frame", "shape", "dtype", "frames", "prompt", "fps"}`.
+
+    `timing` (chunk 0 only): wall-clock stamps of the session's way to its first frame, so a
+    program can break its time to first frame down (bench/bench_interactivity.py).
+    """
     check_frames(frames)
+    extra = {"timing": timing} if timing else {}
     return msgpack.packb(
         {
             "type": "chunk",
@@ -23,6 +30,7 @@ def pack_chunk(frames: np.ndarray, *, chunk: int, first_frame: int, prompt: str 
             "frames": np.ascontiguousarray(frames).tobytes(),
             "prompt": prompt,
             "fps": fps,
+            **extra,
         },
         use_bin_type=True,
     )

@@ -1,0 +1,135 @@
+"""Spare session actors: per model, actors started ahead of their session so admission skips start-up.
+
+Starting a Ray actor (a worker process, imports, the constructor) is most of a session's
+time to first frame (seconds on a loaded host; the model itself builds in milliseconds).
+So the registry keeps `spare_session_actors` parked actors per model, each already named
+for the session id it will carry: a session admitted at once takes one (its id is the
+spare's), gets its tenant, group, seed and quotas in `start`, and a new spare is started
+behind it. A queued session, whose id was given out before, gets a new actor as before.
+
+A spare asks its registry every few seconds whether it is still owned and exits when
+not (registry replaced or gone); the registry kills its spares at shutdown. Nothing of a
+spare outlives the registry that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import ray
+
+from deployments.config import ServingConfig
+from deployments.model_factory import model_factory_for
+from deployments.naming import NAMESPACE, session_actor_name
+from deployments.session_actor import SessionActor
+
+logger = logging.getLogger(__name__)
+
+
+def create_session_actor(name: str, *args: Any, **kwargs: Any) -> Any:
+    """A session actor named `name`: detached, unplaced (never inherits a caller's placement group)."""
+    return (
+        ray.remote(SessionActor)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=1000,
+            # Never inherit a caller's placement group (pitfall: capture by the replica's group).
+            scheduling_strategy="DEFAULT",
+        )
+        .remote(*args, **kwargs)
+    )
+
+
+class SpareActors:
+    """The parked actors of every model of one app (owned by the registry; `spawn` runs its refills)."""
+
+    def __init__(self, config: ServingConfig, registry_name: str, spawn: Callable[[Coroutine], None]):
+        self.config = config
+        self.registry_name = registry_name
+        self.target = config.spare_session_actors
+        self.ready: dict[str, list[tuple[str, Any]]] = {m: [] for m in config.models}
+        """Model -> parked (session id, handle), oldest first."""
+        self.filling: dict[str, int] = {m: 0 for m in config.models}
+        self.closed = False
+        self._spawn = spawn
+
+    def start(self) -> None:
+        """Start the missing spares of every model in the background (idempotent)."""
+        for model in self.config.models:
+            self._fill(model)
+
+    def take(self, model: str) -> tuple[str, Any] | None:
+        """A parked (session id, handle) of `model`, or None; starts its replacement."""
+        if self.closed or not self.ready[model]:
+            return None
+        taken = self.ready[model].pop(0)
+        self._fill(model)
+        return taken
+
+    def full(self) -> bool:
+        """Every model has its spares parked (or they are off: target 0, or closed)."""
+        return self.closed or all(len(spares) >= self.target for spares in self.ready.values())
+
+    def owns(self, session_id: str) -> bool:
+        """Whether `session_id` is one of the parked spares (asked by the spare itself)."""
+        return not self.closed and any(sid == session_id for spares in self.ready.values() for sid, _ in spares)
+
+    def close(self) -> None:
+        """Start no more and kill every parked spare (at shutdown)."""
+        self.closed = True
+        for spares in self.ready.values():
+            for sid, handle in spares:
+                try:
+                    ray.kill(handle, no_restart=True)
+                except ValueError as exc:  # already gone
+                    logger.debug("spare %s: %s", sid, exc)
+            spares.clear()
+
+    def _fill(self, model: str) -> None:
+        while not self.closed and len(self.ready[model]) + self.filling[model] < self.target:
+            self.filling[model] += 1
+            self._spawn(self._make(model))
+
+    async def _make(self, model: str) -> None:
+        """Start one spare and wait until it is up (parked); a failure is logged, the next take retries."""
+        cfg = self.config
+        spec = cfg.models[model]
+        sid = uuid.uuid4().hex
+        handle = None
+        try:
+            handle = create_session_actor(
+                session_actor_name(sid),
+                sid,
+                "",
+                model,
+                spec,
+                None,
+                model_factory=model_factory_for(spec),
+                seed=None,
+                registry_name=self.registry_name,
+                ring_size=cfg.ring_size,
+                message_log_size=cfg.message_log_size,
+                idle_timeout_s=cfg.idle_timeout_s,
+                max_session_s=cfg.quota_of("").max_session_s,
+                linger_s=cfg.session_linger_s,
+            )
+            await handle.park.remote()
+        except (ray.exceptions.RayError, ValueError) as exc:
+            logger.warning("a spare session actor for %s did not start: %s", model, exc)
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
+            return
+        finally:
+            self.filling[model] -= 1
+        if self.closed:
+            ray.kill(handle, no_restart=True)
+            return
+        self.ready[model].append((sid, handle))

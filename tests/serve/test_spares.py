@@ -1,0 +1,63 @@
+"""Spare session actors (deployments/spares.py): an admitted session takes a parked actor, a new
+spare replaces it, and a spare no registry owns exits (nothing of it is left behind)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import ray
+
+from deployments.config import ModelSpec
+from deployments.naming import NAMESPACE, session_actor_name
+from deployments.session_actor import SessionActor
+from helios.media import framing
+from tests.serve.conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _exists(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+def test_an_admitted_session_starts_on_a_spare_and_a_new_spare_replaces_it(served):
+    registry = served.registry()
+    wait_for(lambda: ray.get(registry.spare_counts.remote())["test-pattern"] >= 1, 120, "a parked spare")
+    r = served.create(model="test-pattern")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    sid = body["session_id"]
+    try:
+        assert served.command(sid, "start").status_code == 200
+        with served.http.stream("GET", body["urls"]["stream_msgpack"] + "&from=0", headers=served.headers()) as resp:
+            assert resp.status_code == 200
+            first = next(framing.unpack_stream(resp.iter_bytes()))
+        timing = first["timing"]
+        assert first["chunk"] == 0 and timing.get("spare") == 1.0, timing
+        assert timing["admitted_at"] <= timing["start_command_at"] <= timing["first_chunk_at"] <= timing["relay_got_at"]
+        stats = ray.get(ray.get_actor(session_actor_name(sid), namespace=NAMESPACE).info.remote())
+        assert stats.tenant == "alice" and stats.session_id == sid  # the spare became this tenant's session
+        wait_for(lambda: ray.get(registry.spare_counts.remote())["test-pattern"] >= 1, 120, "a new spare")
+    finally:
+        served.delete(sid)
+    wait_for(lambda: not _exists(session_actor_name(sid)), 120, "the session's actor to exit after its end")
+
+
+def test_a_spare_that_no_registry_owns_exits(ray_cluster):
+    sid = uuid.uuid4().hex
+    actor = (
+        ray.remote(SessionActor)
+        .options(name=session_actor_name(sid), namespace=NAMESPACE, num_cpus=0, max_concurrency=100)
+        .remote(
+            sid, "", "test-pattern", ModelSpec(kind="test-pattern"), None,
+            seed=None, registry_name="no-such-registry", ring_size=4, message_log_size=64,
+            idle_timeout_s=600.0, max_session_s=600.0, linger_s=0.2,
+        )
+    )
+    ray.get(actor.park.remote(), timeout=60)
+    wait_for(lambda: not _exists(session_actor_name(sid)), 60, "the unowned spare to exit")
