@@ -236,6 +236,8 @@ class SessionRegistry:
             launching = self._launching.pop(rec.session_id, None)
             if launching is not None:
                 launching.set()
+            if not self._shutting_down:
+                self.spares.start()  # replace a spare it took, now that it started
 
     async def _launch_once(self, rec: SessionRecord) -> bool:
         pending = self.pending.pop(rec.session_id, [])

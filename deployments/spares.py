@@ -67,12 +67,11 @@ class SpareActors:
             self._fill(model)
 
     def take(self, model: str) -> tuple[str, Any] | None:
-        """A parked (session id, handle) of `model`, or None; starts its replacement."""
+        """A parked (session id, handle) of `model`, or None. The caller calls `start` once the session
+        has started: a replacement starting up meanwhile would compete with it for the CPU."""
         if self.closed or not self.ready[model]:
             return None
-        taken = self.ready[model].pop(0)
-        self._fill(model)
-        return taken
+        return self.ready[model].pop(0)
 
     def full(self) -> bool:
         """Every model has its spares parked (or they are off: target 0, or closed)."""

@@ -17,17 +17,21 @@ pytestmark = pytest.mark.e2e
 IDLE_S = 3.0
 
 
-def _session(idle_timeout_s: float):
-    sid = uuid.uuid4().hex
-    actor = (
+def session_actor(sid: str, idle_timeout_s: float, tenant: str = "tenant", registry_name: str = "no-registry"):
+    """A test-pattern session actor named for `sid`, not started (tests/serve/test_spares.py parks one)."""
+    return (
         ray.remote(SessionActor)
         .options(name=session_actor_name(sid), namespace=NAMESPACE, num_cpus=0, max_concurrency=100)
         .remote(
-            sid, "tenant", "test-pattern", ModelSpec(kind="test-pattern"), None,
-            seed=0, registry_name="no-registry", ring_size=4, message_log_size=64,
+            sid, tenant, "test-pattern", ModelSpec(kind="test-pattern"), None,
+            seed=0, registry_name=registry_name, ring_size=4, message_log_size=64,
             idle_timeout_s=idle_timeout_s, max_session_s=600.0, linger_s=0.2,
         )
     )
+
+
+def _session(idle_timeout_s: float):
+    actor = session_actor(uuid.uuid4().hex, idle_timeout_s)
     ray.get(actor.start.remote(), timeout=60)
     return actor
 

@@ -8,11 +8,10 @@ import uuid
 import pytest
 import ray
 
-from deployments.config import ModelSpec
 from deployments.naming import NAMESPACE, session_actor_name
-from deployments.session_actor import SessionActor
 from helios.media import framing
 from tests.serve.conftest import wait_for
+from tests.serve.test_session_idle import session_actor
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +32,7 @@ def test_an_admitted_session_starts_on_a_spare_and_a_new_spare_replaces_it(serve
     body = r.json()
     sid = body["session_id"]
     try:
+        assert served.command(sid, "set_prompt", prompt="on a spare").status_code == 200
         assert served.command(sid, "start").status_code == 200
         with served.http.stream("GET", body["urls"]["stream_msgpack"] + "&from=0", headers=served.headers()) as resp:
             assert resp.status_code == 200
@@ -50,14 +50,6 @@ def test_an_admitted_session_starts_on_a_spare_and_a_new_spare_replaces_it(serve
 
 def test_a_spare_that_no_registry_owns_exits(ray_cluster):
     sid = uuid.uuid4().hex
-    actor = (
-        ray.remote(SessionActor)
-        .options(name=session_actor_name(sid), namespace=NAMESPACE, num_cpus=0, max_concurrency=100)
-        .remote(
-            sid, "", "test-pattern", ModelSpec(kind="test-pattern"), None,
-            seed=None, registry_name="no-such-registry", ring_size=4, message_log_size=64,
-            idle_timeout_s=600.0, max_session_s=600.0, linger_s=0.2,
-        )
-    )
+    actor = session_actor(sid, 600.0, tenant="", registry_name="no-such-registry")
     ray.get(actor.park.remote(), timeout=60)
     wait_for(lambda: not _exists(session_actor_name(sid)), 60, "the unowned spare to exit")
