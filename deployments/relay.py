@@ -38,8 +38,8 @@ from deployments.protocol import (
     SessionNotFound,
     StreamEnded,
 )
-from deployments.relay_config import RelayConfig, _check_format, _check_from, _check_session_id
-from deployments.relay_hls import _HlsHold
+from deployments.relay_config import RelayConfig, check_format, check_from, check_session_id
+from deployments.relay_hls import HlsHold
 from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type
 from helios.media.hls import PLAYLIST_MEDIA_TYPE, SEGMENT_MEDIA_TYPE, DirectiveError, HlsTrack
@@ -155,7 +155,7 @@ class Relay:
         self._recordings: dict[str, asyncio.Task] = {}
         self._writers: dict[str, RecordingWriter] = {}
         self._recording_lock = asyncio.Lock()
-        self._hls: dict[str, _HlsHold] = {}
+        self._hls: dict[str, HlsHold] = {}
         self._store = RecordingStore(self.config.recordings_dir, self.config.recording_retention_s)
         self._sweeper: asyncio.Task | None = None
 
@@ -187,9 +187,9 @@ class Relay:
     # ---- public API --------------------------------------------------------------------
     async def stream(self, session_id: str, fmt: str = "mp4", from_chunk: int | None = None) -> AsyncIterator[bytes]:
         """The session's stream in `fmt`, from the live edge or `from_chunk`, until the session ends."""
-        fmt = _check_format(fmt)
-        _check_session_id(session_id)
-        from_chunk = _check_from(from_chunk)
+        fmt = check_format(fmt)
+        check_session_id(session_id)
+        from_chunk = check_from(from_chunk)
         feed = self._acquire(session_id)
         pieces = None
         try:
@@ -210,10 +210,10 @@ class Relay:
 
     async def hls(self, session_id: str, req: HlsRequest) -> HlsReply:
         """One LL-HLS resource of the session: its media playlist (blocking reload), init segment, a segment or a part."""
-        _check_session_id(session_id)
+        check_session_id(session_id)
         hold = self._hls.get(session_id)
         if hold is None:
-            hold = self._hls[session_id] = _HlsHold(self, session_id)
+            hold = self._hls[session_id] = HlsHold(self, session_id)
         hold.touch()
         await hold.started.wait()
         if hold.error or hold.hls is None:
@@ -272,7 +272,7 @@ class Relay:
         Idempotent, and never overwrites: when the file already exists (an earlier call, or
         another replica), it is left alone and its path returned.
         """
-        _check_session_id(session_id)
+        check_session_id(session_id)
         path = self._recording_file(session_id)
         self._ensure_sweeper()
         async with self._recording_lock:
@@ -303,13 +303,13 @@ class Relay:
 
     def recording_path(self, session_id: str) -> str | None:
         """Path of the session's recording file if it exists (on this node), else None."""
-        _check_session_id(session_id)
+        check_session_id(session_id)
         path = self._recording_file(session_id)
         return str(path) if path.exists() else None
 
     def recording_info(self, session_id: str) -> RecordingInfo:
         """Where the recording is, whether this replica is writing it, and how far it got."""
-        _check_session_id(session_id)
+        check_session_id(session_id)
         path = self._recording_file(session_id)
         writer = self._writers.get(session_id)
         return RecordingInfo(
@@ -322,7 +322,7 @@ class Relay:
 
     async def wait_recording(self, session_id: str, timeout_s: float = 30.0) -> RecordingInfo:
         """Wait (at most `timeout_s`) until this replica's recording of the session is complete; its recording_info."""
-        _check_session_id(session_id)
+        check_session_id(session_id)
         task = self._recordings.get(session_id)
         if task is not None:
             await asyncio.wait([task], timeout=max(0.0, float(timeout_s)))

@@ -44,13 +44,15 @@ class RelayConfig(BaseModel):
     )
 
 
-def _check_session_id(session_id: str) -> str:
+def check_session_id(session_id: str) -> str:
+    """The session id of a request, or InvalidField (400) naming `session_id`."""
     if not isinstance(session_id, str) or not is_valid_session_id(session_id):
         raise InvalidField(f"session_id {session_id!r} is not a valid session id (32 lowercase hex characters)", field="session_id")
     return session_id
 
 
-def _check_from(from_chunk: Any) -> int | None:
+def check_from(from_chunk: Any) -> int | None:
+    """The `from` chunk index of a request (None: the live edge), or InvalidField naming `from`."""
     if from_chunk is None:
         return None
     if isinstance(from_chunk, bool) or not isinstance(from_chunk, (int, np.integer)) or from_chunk < 0:
@@ -58,7 +60,8 @@ def _check_from(from_chunk: Any) -> int | None:
     return int(from_chunk)
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
+    """The canonical stream format of a request, or InvalidField naming `format`."""
     try:
         return parse_format(fmt)
     except ValueError as exc:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from deployments.relay import Relay
 
 
-class _HlsHold:
+class HlsHold:
     """Keeps one session's feed and HLS playlist alive on this replica while players keep asking for it.
 
     HLS players are stateless pulls, so the playlist lives until `hls_idle_s` after the last request.
