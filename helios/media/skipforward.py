@@ -24,6 +24,7 @@ class SkipForward:
     """Wrap `source` (an async iterator of bytes) for a consumer that may be slower than it."""
 
     def __init__(self, source: AsyncIterator[bytes], fmt: str, max_buffered: int = 8):
+        self._task: asyncio.Task | None = None  # first: __del__ runs even when a check below raises
         self.fmt = parse_format(fmt)
         if max_buffered < 2:
             raise ValueError(f"max_buffered must be >= 2, got {max_buffered}")
@@ -37,7 +38,6 @@ class SkipForward:
         self._first_out = False
         self._shift = 0  # mp4 ticks dropped so far
         self._changed = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     def _start(self) -> None:
         if self._task is None:
