@@ -8,9 +8,13 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections import Counter
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from deployments.protocol import ConnectionLimitExceeded
+from deployments.config import ServingConfig
+from deployments.protocol import ConnectionLimitExceeded, SessionNotFound, SessionRecord
 
 
 ReaderKind = Literal["stream", "events"]
@@ -80,3 +84,51 @@ class ReaderTable:
 def new_viewer_token() -> str:
     """A fresh viewer token (144 random bits, URL-safe)."""
     return secrets.token_urlsafe(18)
+
+
+class RegistryReaders:
+    """The SessionRegistry's reader methods (viewers, SSE and WebSocket connections) and viewer-token rotation.
+
+    A mixin of SessionRegistry: the caps live in its `readers` table, the sessions in its records.
+    """
+
+    config: ServingConfig
+    readers: ReaderTable
+    sessions: dict[str, SessionRecord]
+    ended: OrderedDict[str, SessionRecord]
+    get_session: Callable[[str], Awaitable[SessionRecord | None]]
+
+    async def open_reader(self, session_id: str, kind: ReaderKind) -> str:
+        """Count one more reader of the session (a lease id), or raise ConnectionLimitExceeded naming the cap.
+
+        The caps: `max_viewers_per_session` (every kind), and per tenant of the session's
+        owner `max_streams` (video) or `max_event_streams` (SSE + WebSocket).
+        """
+        rec = self.sessions.get(session_id) or self.ended.get(session_id)
+        if rec is None:
+            raise SessionNotFound(f"session_id: no session {session_id!r}")
+        quota = self.config.quota_of(rec.tenant)
+        return self.readers.open(
+            session_id,
+            rec.tenant,
+            kind,
+            max_per_session=self.config.max_viewers_per_session,
+            max_per_tenant=quota.max_streams if kind == "stream" else quota.max_event_streams,
+            retry_after_s=self.config.retry_after_s,
+        )
+
+    async def close_reader(self, lease: str) -> None:
+        """The reader `lease` is gone (idempotent: a lease of an ended session is already dropped)."""
+        self.readers.close(lease)
+
+    async def rotate_viewer_token(self, session_id: str, tenant: str) -> SessionRecord:
+        """A new viewer token for the owner's session; the old one stops working at once.
+
+        Raises SessionNotFound for an unknown session or another tenant's (as GET does).
+        """
+        rec = self.sessions.get(session_id) or self.ended.get(session_id)
+        if rec is None or rec.tenant != tenant:
+            raise SessionNotFound(f"session_id: no session {session_id!r}")
+        rec.viewer_token = new_viewer_token()
+        rec.token_issued_at = time.time()
+        return await self.get_session(session_id)

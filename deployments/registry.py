@@ -41,7 +41,7 @@ from deployments.protocol import (
     UnknownModel,
     cause_of,
 )
-from deployments.readers import ReaderKind, ReaderTable, new_viewer_token
+from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
 from deployments.shard import ShardGroup
 from deployments.spares import SpareActors, create_session_actor
 
@@ -53,7 +53,7 @@ APP_WATCH_PERIOD_S = 3.0
 STOP_TIMEOUT_S = 60.0
 
 
-class SessionRegistry:
+class SessionRegistry(RegistryReaders):
     """Admission controller and owner of every session and shard group of one Serve app."""
 
     def __init__(self, config: ServingConfig):
@@ -338,42 +338,6 @@ class SessionRegistry:
                 await asyncio.wait_for(self._status_changed.wait(), remaining)
             except TimeoutError:
                 pass
-
-    # ---- readers (viewers, SSE and WebSocket connections) -----------------------------
-    async def open_reader(self, session_id: str, kind: ReaderKind) -> str:
-        """Count one more reader of the session (a lease id), or raise ConnectionLimitExceeded naming the cap.
-
-        The caps: `max_viewers_per_session` (every kind), and per tenant of the session's
-        owner `max_streams` (video) or `max_event_streams` (SSE + WebSocket).
-        """
-        rec = self.sessions.get(session_id) or self.ended.get(session_id)
-        if rec is None:
-            raise SessionNotFound(f"session_id: no session {session_id!r}")
-        quota = self.config.quota_of(rec.tenant)
-        return self.readers.open(
-            session_id,
-            rec.tenant,
-            kind,
-            max_per_session=self.config.max_viewers_per_session,
-            max_per_tenant=quota.max_streams if kind == "stream" else quota.max_event_streams,
-            retry_after_s=self.config.retry_after_s,
-        )
-
-    async def close_reader(self, lease: str) -> None:
-        """The reader `lease` is gone (idempotent: a lease of an ended session is already dropped)."""
-        self.readers.close(lease)
-
-    async def rotate_viewer_token(self, session_id: str, tenant: str) -> SessionRecord:
-        """A new viewer token for the owner's session; the old one stops working at once.
-
-        Raises SessionNotFound for an unknown session or another tenant's (as GET does).
-        """
-        rec = self.sessions.get(session_id) or self.ended.get(session_id)
-        if rec is None or rec.tenant != tenant:
-            raise SessionNotFound(f"session_id: no session {session_id!r}")
-        rec.viewer_token = new_viewer_token()
-        rec.token_issued_at = time.time()
-        return await self.get_session(session_id)
 
     async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""

@@ -17,9 +17,9 @@ import time
 from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import numpy as np
 import ray
 
+from deployments.actor_sink import ActorSink
 from deployments.config import ModelSpec
 from deployments.lookup import get_actor
 from deployments.model_factory import ModelFactory, model_factory_for
@@ -43,25 +43,6 @@ logger = logging.getLogger(__name__)
 WATCH_PERIOD_S = 0.5
 PARKED_CHECK_S = 2.0
 """How often a spare asks its registry whether it still owns it."""
-
-
-class _ActorSink:
-    """Runtime sink: hands messages and chunks from the generation thread to the actor's loop."""
-
-    def __init__(self, actor: "SessionActor"):
-        self.actor = actor
-
-    def on_message(self, message: Message) -> None:
-        self.actor._from_thread(self.actor._add_message, message)
-
-    def on_frames(self, frames: np.ndarray, info: dict) -> None:
-        # The session releases whole chunks (release="chunk"), so a chunk's `frames_ref` (rank 0's
-        # copy in the object store) holds exactly these frames: hand it on instead of a second copy.
-        ref = info.pop("frames_ref", None)
-        if ref is None:
-            # Put from the generation thread: the loop never blocks on a copy into the object store.
-            ref = ray.put(np.ascontiguousarray(frames, dtype=np.uint8))
-        self.actor._from_thread(self.actor._add_chunk, ref, frames.shape, info)
 
 
 class SessionActor:
@@ -197,7 +178,7 @@ class SessionActor:
     def _build(self) -> None:
         built = self.model_factory(self.group, int(self.seed) if self.seed is not None else 0)
         self.model, self.engine = built.model, built.engine
-        self.session = Session(self.model, _ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
+        self.session = Session(self.model, ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
         self.session.start()
 
     def _apply_pending(self, pending: list[dict]) -> None:
