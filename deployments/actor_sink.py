@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import ray
 
 from helios.runtime.messages import Message
 
-if TYPE_CHECKING:
-    from deployments.session_actor import SessionActor
+
+class SinkOwner(Protocol):
+    """What the sink uses of its session actor (a Protocol, so this module need not import it: no cycle)."""
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    def _add_message(self, message: Message) -> Any: ...
+
+    def _add_chunk(self, ref: Any, shape: tuple[int, ...], info: dict) -> Any: ...
 
 
 class ActorSink:
     """Runtime sink: hands messages and chunks from the generation thread to the actor's loop."""
 
-    def __init__(self, actor: "SessionActor"):
+    def __init__(self, actor: SinkOwner):
         self.actor = actor
 
     def on_message(self, message: Message) -> None:

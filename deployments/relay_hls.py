@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from deployments.relay_config import RelayConfig
 from helios.media.hlsfeed import HlsFeed
 
-if TYPE_CHECKING:
-    from deployments.relay import Relay
+
+class HlsOwner(Protocol):
+    """What a hold uses of its relay (a Protocol, so this module need not import the relay: no cycle)."""
+
+    config: RelayConfig
+    _hls: dict[str, "HlsHold"]
+
+    def _acquire(self, session_id: str) -> Any: ...
+
+    def _release(self, feed: Any) -> None: ...
 
 
 class HlsHold:
@@ -18,7 +27,7 @@ class HlsHold:
     HLS players are stateless pulls, so the playlist lives until `hls_idle_s` after the last request.
     """
 
-    def __init__(self, relay: "Relay", session_id: str):
+    def __init__(self, relay: HlsOwner, session_id: str):
         self.relay = relay
         self.session_id = session_id
         self.feed = relay._acquire(session_id)
