@@ -13,7 +13,8 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,33 +49,17 @@ def timestep_features(timestep: torch.Tensor, dim: int, max_period: float = 1000
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-class _TwoLinear(nn.Module):
-    """in_dim -> model width: linear_1, the subclass's activation, linear_2 (diffusers' parameter names)."""
+class HeliosTwoLinear(nn.Module):
+    """in_dim -> model width: linear_1, `activation`, linear_2 (diffusers' parameter names)."""
 
-    def __init__(self, in_dim: int, dim: int) -> None:
+    def __init__(self, in_dim: int, dim: int, activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, dim)
+        self.activation = activation
         self.linear_2 = nn.Linear(dim, dim)
-
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.activation(self.linear_1(x)))
-
-
-class HeliosTimestepMLP(_TwoLinear):
-    """timestep features -> model width (kept in float32)."""
-
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x)
-
-
-class HeliosTextProjection(_TwoLinear):
-    """Text-encoder states -> model width."""
-
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate="tanh")
 
 
 class HeliosConditionEmbedder(nn.Module):
@@ -83,9 +68,9 @@ class HeliosConditionEmbedder(nn.Module):
     def __init__(self, dim: int, freq_dim: int, text_dim: int) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.time_embedder = HeliosTimestepMLP(freq_dim, dim)
+        self.time_embedder = HeliosTwoLinear(freq_dim, dim, F.silu)  # kept in float32
         self.time_proj = nn.Linear(dim, 6 * dim)
-        self.text_embedder = HeliosTextProjection(text_dim, dim)
+        self.text_embedder = HeliosTwoLinear(text_dim, dim, partial(F.gelu, approximate="tanh"))
 
     def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) timestep -> temb (B, dim), adaLN rows (B, 6, dim), both in the model dtype."""
