@@ -82,8 +82,12 @@ class ReaderTable:
 
 
 def new_viewer_token() -> str:
-    """A fresh viewer token (144 random bits, URL-safe)."""
-    return secrets.token_urlsafe(18)
+    """A fresh viewer token (144 random bits, URL-safe).
+
+    Prefixed so that it never starts with "-": `helios session get --token <token>` would read such a token
+    as an option (argparse), which is how a CI run failed one time in 64.
+    """
+    return "vt_" + secrets.token_urlsafe(18)
 
 
 class RegistryReaders:

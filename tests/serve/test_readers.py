@@ -12,7 +12,7 @@ import pytest
 
 from deployments.config import ServingConfig
 from deployments.protocol import ConnectionLimitExceeded, SessionRecord, SessionStatus
-from deployments.readers import ReaderTable
+from deployments.readers import ReaderTable, new_viewer_token
 from deployments.registry import SessionRegistry
 
 
@@ -23,6 +23,15 @@ def _config(**extra) -> ServingConfig:
         "max_viewers_per_session": 3,
         **extra,
     })
+
+
+def test_viewer_tokens_never_read_as_an_option():
+    """`helios session get --token <token>`: argparse takes a value starting with "-" for an option
+    (a CI run failed that way); tokens are unique and URL-safe."""
+    tokens = {new_viewer_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert not any(t.startswith("-") for t in tokens)
+    assert all(t.replace("-", "").replace("_", "").isalnum() for t in tokens)
 
 
 def test_reader_caps_per_session_and_per_tenant_name_their_limit():
