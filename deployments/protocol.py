@@ -16,6 +16,9 @@ from typing import Any, TypedDict
 
 from ray.exceptions import RayTaskError
 
+from deployments.config import ModelSpec
+from helios.runtime.ratelimit import RateLimitSpec
+
 Message = dict[str, Any]
 """A protocol message (`{"type": "state"|"event"|"ack", "data": {...}}`)."""
 
@@ -151,9 +154,28 @@ class SessionAssignment:
     seed: int | None
     idle_timeout_s: float
     max_session_s: float
-    command_rate: Any
-    """The tenant's `RateLimitSpec` (or None)."""
-    admitted_at: float
+    command_rate: RateLimitSpec | None
+    """The tenant's command rate (None: the default `RateLimitSpec`)."""
+    admitted_at: float | None
+    """When the registry admitted the session; None for a spare's placeholder."""
+
+
+@dataclass(frozen=True)
+class SessionActorArgs:
+    """What a session actor is created with, by the registry or as a spare (`SessionActor.__init__`).
+
+    The fixed part (its id, model, sizes, the registry it reports to) and the session's
+    `assignment`: a spare gets a placeholder one, replaced by the real one in `start`.
+    """
+
+    session_id: str
+    model: str
+    spec: ModelSpec
+    registry_name: str
+    ring_size: int
+    message_log_size: int
+    linger_s: float
+    assignment: SessionAssignment
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import ray
 from ray import serve
 
 from deployments.config import ServingConfig
+from deployments.detached import start_detached
 from deployments.lookup import get_actor
-from deployments.model_factory import model_factory_for
 from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name
 from deployments.pools import WARM_POLL_S, Pools
 from deployments.protocol import (
@@ -31,7 +31,6 @@ from deployments.protocol import (
     QueuedCommandsFull,
     QuotaExceeded,
     RegistryStats,
-    SessionAssignment,
     SessionEnded,
     SessionNotFound,
     SessionRecord,
@@ -43,7 +42,7 @@ from deployments.protocol import (
 )
 from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
 from deployments.shard import ShardGroup
-from deployments.spares import SpareActors, create_session_actor
+from deployments.spares import SpareActors, assignment_for, create_session_actor, session_actor_args
 
 logger = logging.getLogger(__name__)
 
@@ -243,39 +242,17 @@ class SessionRegistry(RegistryReaders):
         pending = self.pending.pop(rec.session_id, [])
         slot: ShardGroup | None = self.pools.lease(rec.model, rec.session_id)
         rec.group_id = slot.group_id if slot is not None else None
-        cfg = self.config
-        spec = cfg.models[rec.model]
-        quota = cfg.quota_of(rec.tenant)
+        assignment = assignment_for(self.config, rec.tenant, slot, rec.seed, rec.created_at)
         actor = self._spare_of.pop(rec.session_id, None)
         try:
             if actor is not None:  # a spare, already up: it becomes this session
-                assignment = SessionAssignment(
-                    rec.tenant, slot, rec.seed, cfg.idle_timeout_s, quota.max_session_s, quota.command_rate, rec.created_at
-                )
                 try:
                     await actor.start.remote(pending, assignment)
                 except ray.exceptions.RayActorError as exc:  # it died while parked: start a new actor instead
                     logger.warning("spare actor of session %s is gone (%s): starting a new one", rec.session_id, exc)
                     actor = None
             if actor is None:
-                actor = create_session_actor(
-                    rec.actor_name,
-                    rec.session_id,
-                    rec.tenant,
-                    rec.model,
-                    spec,
-                    slot,
-                    model_factory=model_factory_for(spec),
-                    seed=rec.seed,
-                    registry_name=self.name,
-                    ring_size=cfg.ring_size,
-                    message_log_size=cfg.message_log_size,
-                    idle_timeout_s=cfg.idle_timeout_s,
-                    max_session_s=quota.max_session_s,
-                    linger_s=cfg.session_linger_s,
-                    command_rate=quota.command_rate,
-                    admitted_at=rec.created_at,
-                )
+                actor = create_session_actor(session_actor_args(self.config, self.name, rec.session_id, rec.model, assignment))
                 await actor.start.remote(pending)
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
@@ -414,17 +391,5 @@ class SessionRegistry(RegistryReaders):
 
 
 def get_or_create_registry(config: ServingConfig) -> Any:
-    """The app's registry handle, creating it (detached, unplaced) on first use."""
-    return (
-        ray.remote(SessionRegistry)
-        .options(
-            name=registry_actor_name(config.app_name),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            num_cpus=0,
-            max_concurrency=1000,
-            scheduling_strategy="DEFAULT",
-        )
-        .remote(config)
-    )
+    """The app's registry handle, creating it (deployments/detached.py) on first use."""
+    return start_detached(SessionRegistry, registry_actor_name(config.app_name), config, get_if_exists=True)

@@ -20,7 +20,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import ray
 
 from deployments.actor_sink import ActorSink
-from deployments.config import ModelSpec
 from deployments.lookup import get_actor
 from deployments.model_factory import ModelFactory, model_factory_for
 from deployments.naming import NAMESPACE
@@ -30,11 +29,12 @@ from deployments.protocol import (
     CommandRateLimited,
     LoggedMessage,
     MessageBatch,
+    SessionActorArgs,
     SessionAssignment,
     SessionStarted,
     SessionStats,
 )
-from deployments.shard import ShardGroup, ShardGroupEngine
+from deployments.shard import ShardGroupEngine
 from helios.runtime import RateLimitSpec, Session, TokenBucket
 from helios.runtime.messages import Message, ack_message, event_message
 
@@ -48,49 +48,26 @@ PARKED_CHECK_S = 2.0
 class SessionActor:
     """Runs one session; every public method is safe to call from any process by the actor's name.
 
-    `model_factory` builds the model on the leased group; by default the one of `spec`'s kind.
+    Created with `SessionActorArgs` (deployments/spares.py); `model_factory` builds the model on
+    the leased group, by default the one of its spec's kind.
     """
 
-    def __init__(
-        self,
-        session_id: str,
-        tenant: str,
-        model_name: str,
-        spec: ModelSpec,
-        group: ShardGroup | None,
-        *,
-        model_factory: ModelFactory | None = None,
-        seed: int | None,
-        registry_name: str,
-        ring_size: int,
-        message_log_size: int,
-        idle_timeout_s: float,
-        max_session_s: float,
-        linger_s: float,
-        command_rate: RateLimitSpec | None = None,
-        admitted_at: float | None = None,
-    ):
+    def __init__(self, args: SessionActorArgs, model_factory: ModelFactory | None = None):
         self.timing: dict[str, float] = {"actor_created_at": time.time()}
         """Wall-clock stamps on the way to the first frame (chunk 0 carries them: the TTFF breakdown)."""
-        if admitted_at is not None:
-            self.timing["admitted_at"] = admitted_at
-        self.session_id = session_id
-        self.tenant = tenant
-        self.model_name = model_name
-        self.spec = spec
-        self.model_factory = model_factory or model_factory_for(spec)
-        self.group = group
-        self.seed = seed
-        self.registry_name = registry_name
-        self.idle_timeout_s = idle_timeout_s
-        self.max_session_s = max_session_s
-        self.linger_s = linger_s
+        if args.assignment.admitted_at is not None:
+            self.timing["admitted_at"] = args.assignment.admitted_at
+        self.session_id = args.session_id
+        self.model_name = args.model
+        self.spec = args.spec
+        self.model_factory = model_factory or model_factory_for(args.spec)
+        self.registry_name = args.registry_name
+        self.linger_s = args.linger_s
+        self._take(args.assignment)
         self.pending_timeout_s = 30.0
         """Longest wait for each command kept while queued, at start."""
-        # One bucket per session, here and not in a front-door replica: every replica sees the same rate.
-        self.command_bucket = TokenBucket.from_spec(command_rate or RateLimitSpec())
-        self.ring: deque[ChunkItem] = deque(maxlen=ring_size)
-        self.messages: deque[LoggedMessage] = deque(maxlen=message_log_size)
+        self.ring: deque[ChunkItem] = deque(maxlen=args.ring_size)
+        self.messages: deque[LoggedMessage] = deque(maxlen=args.message_log_size)
         self.next_seq = 1
         self.next_chunk = 0
         self.next_frame = 0
@@ -139,11 +116,16 @@ class SessionActor:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
 
-    def _assign(self, a: SessionAssignment) -> None:
-        """Become the session of `a` (a spare was created with placeholders)."""
+    def _take(self, a: SessionAssignment) -> None:
+        """Hold the session part of `a`: tenant, group, seed and quotas."""
         self.tenant, self.group, self.seed = a.tenant, a.group, a.seed
         self.idle_timeout_s, self.max_session_s = a.idle_timeout_s, a.max_session_s
+        # One bucket per session, here and not in a front-door replica: every replica sees the same rate.
         self.command_bucket = TokenBucket.from_spec(a.command_rate or RateLimitSpec())
+
+    def _assign(self, a: SessionAssignment) -> None:
+        """Become the session of `a` (a spare was created with a placeholder assignment)."""
+        self._take(a)
         self.created_at = a.admitted_at
         self.last_activity = time.monotonic()
         # Started long before its session: for the breakdown it was there at admission (0 s to create).

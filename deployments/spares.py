@@ -23,29 +23,35 @@ from typing import Any
 import ray
 
 from deployments.config import ServingConfig
-from deployments.model_factory import model_factory_for
-from deployments.naming import NAMESPACE, session_actor_name
+from deployments.detached import start_detached
+from deployments.naming import session_actor_name
+from deployments.protocol import SessionActorArgs, SessionAssignment
 from deployments.session_actor import SessionActor
 
 logger = logging.getLogger(__name__)
 
 
-def create_session_actor(name: str, *args: Any, **kwargs: Any) -> Any:
-    """A session actor named `name`: detached, unplaced (never inherits a caller's placement group)."""
-    return (
-        ray.remote(SessionActor)
-        .options(
-            name=name,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            num_cpus=0,
-            max_restarts=0,
-            max_concurrency=1000,
-            # Never inherit a caller's placement group (pitfall: capture by the replica's group).
-            scheduling_strategy="DEFAULT",
-        )
-        .remote(*args, **kwargs)
+def assignment_for(
+    config: ServingConfig, tenant: str, group: Any, seed: int | None, admitted_at: float | None
+) -> SessionAssignment:
+    """The session part of a session actor's arguments: `tenant`'s quotas from `config`."""
+    quota = config.quota_of(tenant)
+    return SessionAssignment(tenant, group, seed, config.idle_timeout_s, quota.max_session_s, quota.command_rate, admitted_at)
+
+
+def session_actor_args(
+    config: ServingConfig, registry_name: str, session_id: str, model: str, assignment: SessionAssignment
+) -> SessionActorArgs:
+    """Everything a session actor of `model` is created with: sizes from `config`, then `assignment`."""
+    return SessionActorArgs(
+        session_id, model, config.models[model], registry_name,
+        config.ring_size, config.message_log_size, config.session_linger_s, assignment,
     )
+
+
+def create_session_actor(args: SessionActorArgs) -> Any:
+    """The session actor of `args`, named for its session (deployments/detached.py)."""
+    return start_detached(SessionActor, session_actor_name(args.session_id), args)
 
 
 class SpareActors:
@@ -99,27 +105,11 @@ class SpareActors:
 
     async def _make(self, model: str) -> None:
         """Start one spare and wait until it is up (parked); a failure is logged, the next take retries."""
-        cfg = self.config
-        spec = cfg.models[model]
         sid = uuid.uuid4().hex
+        placeholder = assignment_for(self.config, "", None, None, None)
         handle = None
         try:
-            handle = create_session_actor(
-                session_actor_name(sid),
-                sid,
-                "",
-                model,
-                spec,
-                None,
-                model_factory=model_factory_for(spec),
-                seed=None,
-                registry_name=self.registry_name,
-                ring_size=cfg.ring_size,
-                message_log_size=cfg.message_log_size,
-                idle_timeout_s=cfg.idle_timeout_s,
-                max_session_s=cfg.quota_of("").max_session_s,
-                linger_s=cfg.session_linger_s,
-            )
+            handle = create_session_actor(session_actor_args(self.config, self.registry_name, sid, model, placeholder))
             await handle.park.remote()
         except (ray.exceptions.RayError, ValueError) as exc:
             logger.warning("a spare session actor for %s did not start: %s", model, exc)

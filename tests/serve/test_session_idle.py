@@ -10,6 +10,7 @@ import ray
 
 from deployments.config import ModelSpec
 from deployments.naming import NAMESPACE, session_actor_name
+from deployments.protocol import SessionActorArgs, SessionAssignment
 from deployments.session_actor import SessionActor
 
 pytestmark = pytest.mark.e2e
@@ -23,9 +24,10 @@ def session_actor(sid: str, idle_timeout_s: float, tenant: str = "tenant", regis
         ray.remote(SessionActor)
         .options(name=session_actor_name(sid), namespace=NAMESPACE, num_cpus=0, max_concurrency=100)
         .remote(
-            sid, tenant, "test-pattern", ModelSpec(kind="test-pattern"), None,
-            seed=0, registry_name=registry_name, ring_size=4, message_log_size=64,
-            idle_timeout_s=idle_timeout_s, max_session_s=600.0, linger_s=0.2,
+            SessionActorArgs(
+                sid, "test-pattern", ModelSpec(kind="test-pattern"), registry_name, ring_size=4, message_log_size=64,
+                linger_s=0.2, assignment=SessionAssignment(tenant, None, 0, idle_timeout_s, 600.0, None, None),
+            )
         )
     )
 

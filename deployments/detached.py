@@ -1,0 +1,38 @@
+"""How the app starts its long-lived named actors (the registry, session actors and spares).
+
+They outlive the replica or actor that starts them (detached), are found by name in the
+`helios` namespace, reserve no CPU (they mostly wait) and serve many callers at once. None
+is ever placed by its caller's placement group: a replica's or a shard group's bundle would
+otherwise capture it (scheduling_strategy "DEFAULT" opts out). None restarts: a lost
+session or registry is reported, never silently rebuilt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from deployments.naming import NAMESPACE
+
+MAX_CONCURRENCY = 1000
+"""Concurrent calls per actor (long polls of every viewer of a session wait at once)."""
+
+
+def start_detached(actor_class: type, name: str, *args: Any, get_if_exists: bool = False) -> Any:
+    """The handle of a new detached actor `actor_class(*args)` named `name`; with `get_if_exists`,
+    the live one of that name if there is one."""
+    return (
+        ray.remote(actor_class)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            get_if_exists=get_if_exists,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=MAX_CONCURRENCY,
+            scheduling_strategy="DEFAULT",
+        )
+        .remote(*args)
+    )
