@@ -234,8 +234,11 @@ def _pod(
 ) -> dict[str, Any]:
     """A Ray pod template: the image, env, resources, /dev/shm; the weights volume and its check on GPU pods."""
     mounts: list[dict[str, Any]] = [{"name": "shm", "mountPath": "/dev/shm"}]
-    volumes: list[dict[str, Any]] = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shape.object_store_gib + SHM_MARGIN_GIB}Gi"}}]
-    ray: dict[str, Any] = {"name": container, "image": values.image, "env": _env(values, plan), "ports": ports, "resources": _resources(shape, gpus)}
+    shm = {"medium": "Memory", "sizeLimit": f"{shape.object_store_gib + SHM_MARGIN_GIB}Gi"}
+    volumes: list[dict[str, Any]] = [{"name": "shm", "emptyDir": shm}]
+    ray: dict[str, Any] = {
+        "name": container, "image": values.image, "env": _env(values, plan), "ports": ports, "resources": _resources(shape, gpus)
+    }
     if serves:
         ray["readinessProbe"] = _readiness(plan.http_port)
     spec: dict[str, Any] = {}

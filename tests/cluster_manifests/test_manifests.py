@@ -164,7 +164,8 @@ def test_rayservice_matches_kuberay_crd(crd: dict[str, Any], rayservice_validato
     [
         (lambda d: d["spec"]["upgradeStrategy"].update(kind="None"), "spec/upgradeStrategy"),
         (lambda d: d["spec"]["rayClusterConfig"].update(enableInTreeAutoscaling="yes"), "spec/rayClusterConfig/enableInTreeAutoscaling"),
-        (lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][1].update(maxReplicas="4"), "spec/rayClusterConfig/workerGroupSpecs/1/maxReplicas"),
+        (lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][1].update(maxReplicas="4"),
+         "spec/rayClusterConfig/workerGroupSpecs/1/maxReplicas"),
         (lambda d: d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(readyProbe={}),
          "spec/rayClusterConfig/headGroupSpec/template/spec/containers/0"),
     ],
@@ -317,3 +318,12 @@ def test_values_refuse_a_group_that_cannot_scale(values: Any) -> None:
     raw["gpu_group"]["min_nodes"] = raw["gpu_group"]["max_nodes"]
     with pytest.raises(ValueError, match="min_nodes .* must be below max_nodes"):
         gen.ClusterValues.model_validate(raw)
+
+
+def test_dockerfile_matches_the_values(values: Any, rayservice: dict[str, Any]) -> None:
+    text = (REPO_ROOT / "cluster/Dockerfile").read_text()
+    assert f"ARG RAY_IMAGE=rayproject/ray:{values.ray_version}-" in text
+    assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == values.ray_version
+    assert f"WORKDIR {gen.IMAGE_REPO_DIR}\n" in text  # where the launcher's `serve deploy` finds the serving config
+    for folder in ("helios/", "deployments/", "configs/", "web/"):
+        assert f"COPY --chown=ray:users {folder} {folder}\n" in text
