@@ -1,0 +1,1 @@
+"""Offline checks of the cluster manifests (cluster/): schemas, generation, sizing."""
