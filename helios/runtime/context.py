@@ -8,6 +8,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from helios.runtime.forward import Forward
 from helios.runtime.messages import error_message
 
 _current: contextvars.ContextVar["SessionContext | None"] = contextvars.ContextVar("helios_session_ctx", default=None)
@@ -72,14 +73,11 @@ class SessionContext:
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
 
-    @property
-    def session_id(self) -> str:
-        return self._session.session_id
-
-    @property
-    def fps(self) -> float:
-        """The playback rate frames are released at."""
-        return self._session.fps
+    session_id = Forward[str]("_session", "The session's id.")
+    fps = Forward[float]("_session", "The playback rate frames are released at.")
+    frames_released = Forward[int]("_session", "Frames handed to viewers so far (the playback position).")
+    chunks_released = Forward[int]("_session", "Chunks whose every frame was handed to viewers.")
+    effective_fps = Forward[Callable[[], float]]("_session", "`effective_fps()`: measured playback rate over the last seconds.")
 
     def should_stop(self) -> bool:
         """True once the session is stopping: the generation loop should return soon."""
@@ -133,16 +131,3 @@ class SessionContext:
         """Wake `wait_for` callers (the session calls this after every command and on stop)."""
         with self._cond:
             self._cond.notify_all()
-
-    def effective_fps(self) -> float:
-        """Measured playback rate over the last seconds."""
-        return self._session.effective_fps()
-
-    @property
-    def frames_released(self) -> int:
-        """Frames handed to viewers so far (the playback position)."""
-        return self._session.frames_released
-
-    @property
-    def chunks_released(self) -> int:
-        return self._session.chunks_released

@@ -19,13 +19,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from helios.runtime.clock import Clock, MonotonicClock
 from helios.runtime.commands import CommandError
 from helios.runtime.context import SessionContext, bind_ctx
+from helios.runtime.forward import Forward
 from helios.runtime.jit import JustInTime
 from helios.runtime.messages import ack_message, error_message, event_message
 from helios.runtime.model import VideoModel
@@ -154,22 +155,10 @@ class Session:
         """True once the session was asked to stop (or its generation loop returned)."""
         return self._stop_event.is_set()
 
-    @property
-    def frames_released(self) -> int:
-        return self._playback.frames_released
-
-    @property
-    def chunks_released(self) -> int:
-        return self._playback.chunks_released
-
-    @property
-    def chunks_pending(self) -> int:
-        """Chunks handed to playback and not yet fully played (queued or on screen)."""
-        return self._playback.pending_chunks
-
-    def effective_fps(self) -> float:
-        """Measured playback rate over the last seconds."""
-        return self._playback.effective_fps()
+    frames_released = Forward[int]("_playback", "Frames handed to the sink so far.")
+    chunks_released = Forward[int]("_playback", "Chunks whose every frame was handed to the sink.")
+    chunks_pending = Forward[int]("_playback", "Chunks handed to playback and not yet fully played.", attr="pending_chunks")
+    effective_fps = Forward[Callable[[], float]]("_playback", "`effective_fps()`: measured playback rate over the last seconds.")
 
     def wait_until_needed(self) -> bool:
         """Sleep until the next chunk should begin to be ready just before playback needs it.
