@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from helios.media import mp4box
-from helios.media.mp4 import Mp4Chunk
+from helios.media.mp4 import Mp4Chunk, Mp4Fragment
 
 PLAYLIST_MEDIA_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_MEDIA_TYPE = "video/mp4"
@@ -49,15 +49,14 @@ class DirectiveError(ValueError):
 
 @dataclass(frozen=True)
 class HlsPart:
-    """One partial segment: one fragment on the HLS timeline (its own moof, the shared mdat)."""
+    """One partial segment: one fragment rebased on the HLS timeline (its own moof, the shared mdat)."""
 
-    moof: bytes
-    mdat: bytes
+    fragment: Mp4Fragment
     duration_s: float
 
     @property
     def data(self) -> bytes:
-        return self.moof + self.mdat
+        return self.fragment.moof + self.fragment.mdat
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,8 @@ def render_parts(chunk: Mp4Chunk, base_decode_time: int, timescale: int, msn: in
     """The fragments of `chunk` as parts starting at `base_decode_time` (moofs rewritten, mdats shared)."""
     parts = []
     for i, fragment in enumerate(chunk.fragments):
-        moof = mp4box.rebase_moof(fragment.moof, base_decode_time + fragment.decode_time, (msn << 6) + i + 1)
-        parts.append(HlsPart(moof, fragment.mdat, mp4box.moof_duration(fragment.moof) / timescale))
+        rebased = fragment.rebased(base_decode_time, (msn << 6) + i + 1)
+        parts.append(HlsPart(rebased, mp4box.moof_duration(fragment.moof) / timescale))
     return tuple(parts)
 
 

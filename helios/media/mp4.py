@@ -35,11 +35,18 @@ MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 @dataclass(frozen=True)
 class Mp4Fragment:
-    """One moof+mdat pair; `decode_time` is in track ticks from the start of its chunk."""
+    """One moof+mdat pair; `decode_time` is in track ticks from the start of its timeline (its
+    chunk's as encoded, a consumer's once `rebased`)."""
 
     moof: bytes
     mdat: bytes
     decode_time: int
+
+    def rebased(self, base_decode_time: int, sequence: int) -> Mp4Fragment:
+        """This fragment `base_decode_time` later on a consumer's timeline, numbered `sequence`:
+        a rewritten (small) moof, the very same mdat bytes."""
+        decode_time = base_decode_time + self.decode_time
+        return Mp4Fragment(mp4box.rebase_moof(self.moof, decode_time, sequence), self.mdat, decode_time)
 
 
 @dataclass(frozen=True)
@@ -209,8 +216,8 @@ class Mp4Timeline:
         """
         parts: list[bytes] = [] if produced_at is None else [mp4box.prft_box(produced_at, self.decode_time)]
         for fragment in chunk.fragments:
-            parts.append(mp4box.rebase_moof(fragment.moof, self.decode_time + fragment.decode_time, self.sequence))
-            parts.append(fragment.mdat)
+            moved = fragment.rebased(self.decode_time, self.sequence)
+            parts += (moved.moof, moved.mdat)
             self.sequence += 1
         self.decode_time += chunk.duration
         return b"".join(parts)
