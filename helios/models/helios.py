@@ -162,7 +162,7 @@ class HeliosModel(VideoModel):
         if name == "schedule_prompt":
             check_schedule_chunk(kwargs["chunk"], 0, limits)  # nothing is generated before admission
         if name == "set_image":
-            decode_image_b64(kwargs["image_b64"], max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            decode_image_b64(kwargs["image_b64"], limits.image_options())
 
     # --- commands ------------------------------------------------------------------------
     @command("set_prompt")
@@ -214,9 +214,7 @@ class HeliosModel(VideoModel):
     ) -> None:
         """Condition the stream on a reference image (resized to the model resolution) from the next chunk."""
         size = (int(self.engine.width), int(self.engine.height))
-        image = decode_image_b64(
-            image_b64, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels, target_size=size
-        )
+        image = decode_image_b64(image_b64, self.limits.image_options(target_size=size))
         image = resize_image(image, self.engine.width, self.engine.height)
         self._image = image
         self._image_pending = transition

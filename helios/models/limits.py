@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from helios.pipeline.image import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from helios.pipeline.image import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeOptions
 
 MAX_PROMPT_CHARS = 4000
 """The hard ceiling of a prompt (also in the published `list_commands` schema)."""
@@ -43,3 +43,7 @@ class SessionLimits(BaseModel):
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, ge=1, le=100_000_000, description="Largest image, width x height, read from its header."
     )
+
+    def image_options(self, target_size: tuple[int, int] | None = None) -> ImageDecodeOptions:
+        """How a `set_image` payload is decoded under these limits (for a model of `target_size`)."""
+        return ImageDecodeOptions(self.max_image_bytes, self.max_image_pixels, target_size)

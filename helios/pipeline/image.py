@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,14 +47,24 @@ def strip_data_url(payload: str) -> str:
     return payload
 
 
-def decode_image_b64(
-    payload: str,
-    *,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    target_size: tuple[int, int] | None = None,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class ImageDecodeOptions:
+    """How one user image is decoded: the limits that bound the work, and the size the model needs."""
+
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    """Largest payload, in decoded bytes."""
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Largest image (width x height), checked from its header before any pixel is decoded."""
+    target_size: tuple[int, int] | None = None
+    """(width, height) the model will resize to: a large image is decoded at a reduced scale that still covers it."""
+
+
+DEFAULT_DECODE = ImageDecodeOptions()
+
+
+def decode_image_b64(payload: str, options: ImageDecodeOptions = DEFAULT_DECODE) -> np.ndarray:
     """Base64 (or data URL) → uint8 RGB array (H, W, 3). Raises ImageInputError naming the problem."""
+    max_bytes = options.max_bytes
     if not isinstance(payload, str) or not payload.strip():
         raise ImageInputError("image_b64: empty image payload")
     data = strip_data_url(payload.strip())
@@ -67,23 +78,18 @@ def decode_image_b64(
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageInputError(f"image_b64: not valid base64 ({exc})") from None
-    return decode_image_bytes(raw, max_bytes=max_bytes, max_pixels=max_pixels, target_size=target_size)
+    return decode_image_bytes(raw, options)
 
 
-def decode_image_bytes(
-    raw: bytes,
-    *,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    target_size: tuple[int, int] | None = None,
-) -> np.ndarray:
+def decode_image_bytes(raw: bytes, options: ImageDecodeOptions = DEFAULT_DECODE) -> np.ndarray:
     """PNG, JPEG or WebP bytes → uint8 RGB array (H, W, 3).
 
     The pixel count is checked from the header, before any pixel is decoded. With
-    `target_size` (width, height) a large image is decoded at a reduced scale (JPEG `draft`,
-    then an integer `reduce`) that still covers the target, so only the size the model needs
-    is ever converted.
+    `options.target_size` (width, height) a large image is decoded at a reduced scale (JPEG
+    `draft`, then an integer `reduce`) that still covers the target, so only the size the
+    model needs is ever converted.
     """
+    max_bytes, max_pixels, target_size = options.max_bytes, options.max_pixels, options.target_size
     if len(raw) > max_bytes:
         raise ImageInputError(
             f"image_b64: image is {len(raw)} bytes, over the max_image_bytes limit of {max_bytes}; "

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helios.models.limits import SessionLimits
 from helios.pipeline.image import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    ImageDecodeOptions,
     ImageInputError,
     decode_image_b64,
     decode_image_bytes,
@@ -51,9 +53,17 @@ def test_a_real_bomb_under_the_payload_limit_is_refused():
 
 def test_the_pixel_cap_is_configurable():
     raw = encode(Image.new("RGB", (100, 100)), "PNG")
-    assert decode_image_bytes(raw, max_pixels=10_000).shape == (100, 100, 3)
+    assert decode_image_bytes(raw, ImageDecodeOptions(max_pixels=10_000)).shape == (100, 100, 3)
     with pytest.raises(ImageInputError, match="100x100 = 10000 pixels is over the max_image_pixels limit of 9999"):
-        decode_image_bytes(raw, max_pixels=9_999)
+        decode_image_bytes(raw, ImageDecodeOptions(max_pixels=9_999))
+
+
+def test_session_limits_decode_under_their_own_image_limits():
+    limits = SessionLimits(max_image_bytes=2048, max_image_pixels=9_999)
+    assert limits.image_options((64, 32)) == ImageDecodeOptions(2048, 9_999, (64, 32))
+    raw = encode(Image.new("RGB", (100, 100)), "PNG")
+    with pytest.raises(ImageInputError, match="max_image_pixels limit of 9999"):
+        decode_image_b64(base64.b64encode(raw).decode(), limits.image_options())
 
 
 @pytest.mark.parametrize("fmt, name", [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF"), ("ICO", "ICO")])
@@ -86,7 +96,7 @@ def test_a_large_jpeg_is_drafted_at_a_reduced_scale_that_still_covers_the_target
     raw = encode(img, "JPEG", quality=50)
     assert len(raw) < DEFAULT_MAX_IMAGE_BYTES
     full = decode_image_bytes(raw)
-    small = decode_image_bytes(raw, target_size=(640, 384))
+    small = decode_image_bytes(raw, ImageDecodeOptions(target_size=(640, 384)))
     assert full.shape == (2048, 2048, 3)
     assert small.shape == (1024, 1024, 3)  # libjpeg decoded at 1/2: still >= 640 x 384 after the centre crop
     assert np.abs(small[::64, ::64].astype(int) - full[::128, ::128].astype(int)).mean() < 8
@@ -94,11 +104,11 @@ def test_a_large_jpeg_is_drafted_at_a_reduced_scale_that_still_covers_the_target
 
 def test_a_large_png_is_reduced_before_converting():
     img = Image.new("RGB", (2000, 1200), (10, 200, 10))
-    out = decode_image_bytes(encode(img, "PNG"), target_size=(640, 384))
+    out = decode_image_bytes(encode(img, "PNG"), ImageDecodeOptions(target_size=(640, 384)))
     assert out.shape == (400, 667, 3)  # reduce(3): covers 640 x 384
     assert tuple(out[200, 300]) == (10, 200, 10)
 
 
 def test_a_small_image_is_not_reduced():
     img = Image.new("RGB", (320, 200), (1, 2, 3))
-    assert decode_image_bytes(encode(img, "PNG"), target_size=(640, 384)).shape == (200, 320, 3)
+    assert decode_image_bytes(encode(img, "PNG"), ImageDecodeOptions(target_size=(640, 384))).shape == (200, 320, 3)
