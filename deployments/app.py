@@ -61,6 +61,6 @@ def prepare_config(config: ServingConfig | dict | str) -> ServingConfig:
 def build_app(args: Any) -> Application:
     """Serve application: the relay and the front door (the ingress), configured from `args`."""
     cfg = prepare_config(args)
-    relay_args = {**cfg.relay.args, "recording_retention_s": cfg.recording_retention_s}
+    relay_args = {**cfg.relay.args, "recording_retention_s": cfg.recording_retention_s, "recording_uri": cfg.recording_uri}
     relay = Relay.options(**serve_options(cfg.relay, RELAY_DEPLOYMENT, cfg.retry_after_s)).bind(relay_args)
     return FrontDoor.options(**serve_options(cfg.front_door, FRONT_DOOR_DEPLOYMENT, cfg.retry_after_s)).bind(cfg, relay)

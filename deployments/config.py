@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from deployments.naming import DEFAULT_APP_NAME
+from deployments.naming import DEFAULT_APP_NAME, default_recording_uri
+from helios.media.storage import open_uri
 from helios.models.limits import SessionLimits
 from helios.runtime.ratelimit import RateLimitSpec
 
@@ -173,6 +174,12 @@ class ServingConfig(_Strict):
     recording_retention_s: float = Field(
         3600.0, ge=0, description="Session recordings are deleted this long after their session ended (0: at its end)."
     )
+    recording_uri: str = Field(
+        default_factory=default_recording_uri,
+        description="Where recordings are kept: a local folder (the default: <temp dir>/helios-recordings, one machine only) or "
+        "any fsspec URL every node reaches (file:///shared/volume, s3://bucket/prefix, gcs://..., a chain such as "
+        "simplecache::s3://...). Written by the relay, read by every front door; the protocol's package (s3fs, gcsfs) must be installed.",
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger request bodies get 413, larger WebSocket frames close 1009.")
     min_api_key_chars: int = Field(MIN_API_KEY_CHARS, ge=8, description="Shorter API keys are a config error.")
     viewer_token_grace_s: float = Field(
@@ -197,8 +204,9 @@ class ServingConfig(_Strict):
             self.default_model = next(iter(self.models))
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models {sorted(self.models)}")
-        if "recording_retention_s" in self.relay.args:
-            raise ValueError("relay.args.recording_retention_s: set recording_retention_s at the top level of the config")
+        for key in ("recording_retention_s", "recording_uri"):
+            if key in self.relay.args:
+                raise ValueError(f"relay.args.{key}: set {key} at the top level of the config (the front doors read it too)")
         names = [t.name for t in self.tenants]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -218,6 +226,12 @@ class ServingConfig(_Strict):
             for d in {key_digest(k.get_secret_value()) for k in t.api_keys} | set(t.api_key_digests):
                 if owner.setdefault(d, t.name) != t.name:
                     raise ValueError(f"tenants: one API key is mapped to two tenants ({owner[d]!r} and {t.name!r})")
+
+    @field_validator("recording_uri")
+    @classmethod
+    def _recording_uri(cls, uri: str) -> str:
+        open_uri(uri)  # ValueError naming recording_uri: unknown protocol, package missing, memory://, read-only
+        return uri
 
     @field_validator("cors_allowed_origins")
     @classmethod

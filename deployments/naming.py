@@ -7,7 +7,9 @@ finds the relay deployment by its name in the app. Nothing else spells these nam
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 
 NAMESPACE = "helios"
 """Ray namespace of every named Helios actor (sessions, registry)."""
@@ -25,6 +27,14 @@ REGISTRY_NAME = "helios-session-registry"
 """The one admission controller / session registry actor of an app."""
 
 SESSION_ACTOR_PREFIX = "helios-session-"
+
+RECORDINGS_FOLDER = "helios-recordings"
+"""Folder under the temp directory where recordings go when `recording_uri` is not set (one machine only)."""
+
+
+def default_recording_uri() -> str:
+    """`recording_uri` when the config sets none: a folder of this machine's temp directory (no cluster sharing)."""
+    return os.path.join(tempfile.gettempdir(), RECORDINGS_FOLDER)
 
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -396,6 +396,10 @@ class RelayUnavailable(ServeError, field="stream"):
     """The relay is not deployed or failed before the stream's first byte."""
 
 
+class RecordingUnavailable(ServeError, field="recording"):
+    """The recording store (`recording_uri`) did not answer or refused the read."""
+
+
 class CommandTimeout(ServeError, field="command"):
     """The session did not acknowledge a command in time."""
 

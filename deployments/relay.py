@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from helios.media.fanout import ChunkEntry, FanoutStats, SessionFanout
 from helios.media.formats import media_type
 from helios.media.hls import PLAYLIST_MEDIA_TYPE, SEGMENT_MEDIA_TYPE, DirectiveError, HlsTrack
 from helios.media.recording import RecordingStore, RecordingWriter
+from helios.media.storage import RecordingStorage
 from helios.media.skipforward import SkipForward, skip_forward
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ class Relay:
         self._writers: dict[str, RecordingWriter] = {}
         self._recording_lock = asyncio.Lock()
         self._hls: dict[str, HlsHold] = {}
-        self._store = RecordingStore(self.config.recordings_dir, self.config.recording_retention_s)
+        self._storage = RecordingStorage(self.config.recording_uri)
+        self._store = RecordingStore(self._storage, self.config.recording_retention_s)
         self._sweeper: asyncio.Task | None = None
 
     # ---- feeds -----------------------------------------------------------------------
@@ -267,23 +268,28 @@ class Relay:
         return HlsReply(body, SEGMENT_MEDIA_TYPE)
 
     async def start_recording(self, session_id: str) -> str:
-        """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its path.
+        """Start writing the session's recording.mp4 (from the oldest chunk still kept); returns its URL.
 
         Idempotent, and never overwrites: when the file already exists (an earlier call, or
-        another replica), it is left alone and its path returned.
+        another replica), it is left alone and its URL returned.
         """
         check_session_id(session_id)
-        path = self._recording_file(session_id)
+        url = self._storage.url(session_id)
         self._ensure_sweeper()
         async with self._recording_lock:
-            if session_id in self._writers or path.exists():
-                return str(path)
+            if session_id in self._writers or await asyncio.to_thread(self._storage.exists, session_id):
+                return url
             feed = self._acquire(session_id)
             await feed.ready.wait()
             if feed.error:
                 self._release(feed)
                 raise SessionNotFound(feed.error)
-            writer = RecordingWriter(path)
+            try:
+                file = await asyncio.to_thread(self._storage.create, session_id)
+            except OSError:
+                self._release(feed)
+                raise
+            writer = RecordingWriter(url, file)
             self._writers[session_id] = writer
             while len(self._writers) > MAX_RECORDINGS_TRACKED:  # forget the oldest finished ones
                 oldest = next((sid for sid, w in self._writers.items() if w.closed), None)
@@ -299,22 +305,20 @@ class Relay:
             self._release(feed)
 
         task.add_done_callback(done)
-        return str(path)
+        return url
 
-    def recording_path(self, session_id: str) -> str | None:
-        """Path of the session's recording file if it exists (on this node), else None."""
+    async def recording_path(self, session_id: str) -> str | None:
+        """URL of the session's recording if it exists (at `recording_uri`, seen from this replica), else None."""
         check_session_id(session_id)
-        path = self._recording_file(session_id)
-        return str(path) if path.exists() else None
+        return self._storage.url(session_id) if await asyncio.to_thread(self._storage.exists, session_id) else None
 
-    def recording_info(self, session_id: str) -> RecordingInfo:
+    async def recording_info(self, session_id: str) -> RecordingInfo:
         """Where the recording is, whether this replica is writing it, and how far it got."""
         check_session_id(session_id)
-        path = self._recording_file(session_id)
         writer = self._writers.get(session_id)
         return RecordingInfo(
-            path=str(path),
-            exists=path.exists(),
+            path=self._storage.url(session_id),
+            exists=await asyncio.to_thread(self._storage.exists, session_id),
             recording=writer is not None and not writer.closed,
             chunks=writer.chunks if writer else None,
             complete=writer.closed if writer else None,
@@ -326,7 +330,7 @@ class Relay:
         task = self._recordings.get(session_id)
         if task is not None:
             await asyncio.wait([task], timeout=max(0.0, float(timeout_s)))
-        return self.recording_info(session_id)
+        return await self.recording_info(session_id)
 
     def stats(self) -> dict:
         """Counters of this replica: viewers per session and format, encodes, encode ms, latency to first byte."""
@@ -350,9 +354,6 @@ class Relay:
         }
         return {"sessions": sessions, "hls": hls, **self._stats.snapshot()}
 
-    def _recording_file(self, session_id: str) -> Path:
-        return self._store.path(session_id)
-
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
@@ -365,7 +366,7 @@ class Relay:
                     if await get_actor(session_actor_name(sid), self.config.namespace) is None:  # its session is gone
                         await asyncio.to_thread(self._store.delete, sid)
             except OSError as exc:  # the folder is unreadable now: try again next period
-                logger.warning("recording sweep of %s failed: %s", self._store.root, exc)
+                logger.warning("recording sweep of %r failed: %s", self._storage, exc)
             await asyncio.sleep(RECORDING_SWEEP_S)
 
     def __del__(self) -> None:  # Serve calls it on replica shutdown

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.naming import NAMESPACE, is_valid_session_id
+from deployments.naming import NAMESPACE, default_recording_uri, is_valid_session_id
 from deployments.protocol import InvalidField
 from helios.media.formats import parse_format
 
@@ -26,9 +24,10 @@ class RelayConfig(BaseModel):
     pace_mjpeg: bool = Field(True, description="Release MJPEG frames at the stream fps (a browser shows parts as they come).")
     mp4_preset: str = Field("veryfast", description="libx264 preset of the fragmented MP4 stream.")
     mp4_crf: int = Field(23, ge=0, le=51, description="libx264 constant rate factor (quality) of the MP4 stream.")
-    recordings_dir: str = Field(
-        default_factory=lambda: os.path.join(tempfile.gettempdir(), "helios-recordings"),
-        description="Folder of session recordings: <recordings_dir>/<session_id>/recording.mp4.",
+    recording_uri: str = Field(
+        default_factory=default_recording_uri,
+        description="Where recordings are written: <recording_uri>/<session_id>/recording.mp4 (a folder or an fsspec URL). "
+        "Set from the serving config, which the front doors read them from.",
     )
     recording_retention_s: float = Field(
         3600.0, ge=0, description="A recording is deleted this long after its session ended (0: at the end). Set from the serving config."

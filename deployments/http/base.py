@@ -23,6 +23,7 @@ from deployments.lookup import ActorCache
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import is_valid_session_id
 from deployments.setup_commands import check_setup_command, queued_ack
+from helios.media.storage import RecordingStorage
 from deployments.protocol import (
     ApiKeyInQuery,
     CommandQueued,
@@ -69,6 +70,8 @@ class FrontDoorBase:
     _actors: ActorCache
     metrics_cache: Any
     """`TimedCache` of the /metrics text (deployments/stats_cache.py)."""
+    recordings: RecordingStorage
+    """The recordings at `recording_uri`, read directly (the relay that wrote one may be on another node)."""
 
     # ---- who is asking -----------------------------------------------------------------
     def _tenant(self, request: Request | WebSocket) -> str | None:

@@ -31,6 +31,7 @@ from deployments.protocol import (
     OriginNotAllowed,
     PlaylistNotReady,
     QuotaExceeded,
+    RecordingUnavailable,
     RelayUnavailable,
     ServeError,
     SessionEnded,
@@ -62,6 +63,7 @@ STATUS: dict[type[ServeError], int] = {
     ShuttingDown: 503,
     SessionStartFailed: 503,
     RelayUnavailable: 503,
+    RecordingUnavailable: 503,
     PlaylistNotReady: 503,
     CommandTimeout: 504,
 }

@@ -3,15 +3,16 @@
 Starlette's FileResponse reads to the end of the file whatever Content-Length it sent,
 so a file that grows meanwhile breaks the response. Here the length is fixed first (by
 the caller: whole MP4 fragments only) and exactly that many bytes go out; one byte range
-(`Range: bytes=a-b`, `a-`, `-n`) is honoured within it, so players can seek.
+(`Range: bytes=a-b`, `a-`, `-n`) is honoured within it, so players can seek. The file is
+anything `open` returns: a local file or an fsspec one (a recording on shared storage).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
+from typing import IO
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -38,9 +39,10 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None | boo
     return start, end
 
 
-async def _pieces(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:  # noqa: ASYNC230 - each read below runs in a thread
-        f.seek(start)
+async def _pieces(open_file: Callable[[], IO[bytes]], start: int, end: int) -> AsyncIterator[bytes]:
+    f = await asyncio.to_thread(open_file)  # fsspec opens may be network calls
+    try:
+        await asyncio.to_thread(f.seek, start)
         left = end - start
         while left > 0:
             piece = await asyncio.to_thread(f.read, min(PIECE_BYTES, left))
@@ -48,10 +50,14 @@ async def _pieces(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
                 return
             left -= len(piece)
             yield piece
+    finally:
+        await asyncio.to_thread(f.close)
 
 
-def file_prefix_response(path: str | Path, length: int, media_type: str, filename: str, range_header: str | None) -> Response:
-    """The first `length` bytes of `path` (200, or 206 for one range, or 416)."""
+def file_prefix_response(
+    open_file: Callable[[], IO[bytes]], length: int, media_type: str, filename: str, range_header: str | None
+) -> Response:
+    """The first `length` bytes of the file `open_file()` opens (200, or 206 for one range, or 416)."""
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-cache"}
     span = parse_range(range_header, length)
     if span is False:
@@ -60,4 +66,4 @@ def file_prefix_response(path: str | Path, length: int, media_type: str, filenam
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{length}"
     headers["Content-Length"] = str(end - start)
-    return StreamingResponse(_pieces(Path(path), start, end), status_code=status, media_type=media_type, headers=headers)
+    return StreamingResponse(_pieces(open_file, start, end), status_code=status, media_type=media_type, headers=headers)

@@ -25,6 +25,7 @@ from deployments.metrics import FrontDoorMetrics
 from deployments.naming import NAMESPACE
 from deployments.registry import get_or_create_registry
 from deployments.stats_cache import TimedCache
+from helios.media.storage import RecordingStorage
 
 REPO_WEB = Path(__file__).resolve().parents[2] / "web"
 
@@ -64,3 +65,4 @@ class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, rout
         self._actors = ActorCache(NAMESPACE)
         self.hls_players = HlsPlayers()
         self.metrics_cache = TimedCache(self._scrape, config.metrics_cache_s)
+        self.recordings = RecordingStorage(config.recording_uri)

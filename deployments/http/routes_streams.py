@@ -28,6 +28,7 @@ from deployments.protocol import (
     LimitExceeded,
     MessageBatch,
     RecordingNotFound,
+    RecordingUnavailable,
     RelayUnavailable,
     ServeError,
     SessionRecord,
@@ -36,7 +37,7 @@ from deployments.protocol import (
     cause_of,
 )
 from helios.media.formats import FORMATS, media_type
-from helios.media.recording import playable_length
+from helios.media.recording import stored_playable_length
 from helios.media.skipforward import skip_forward
 from helios.runtime.messages import Message, ack_message, error_message, event_message
 
@@ -253,16 +254,16 @@ class StreamRoutes(FrontDoorBase):
         """The session's recording so far: whole fragments only while it grows (a playable prefix with its
         own Content-Length), complete once the session has ended; one byte range honoured."""
         await self._readable(request, session_id)
+        # Read from recording_uri directly (shared storage in a cluster): no call to the relay that wrote it.
         try:
-            path = await self.relay.recording_path.remote(session_id)
-        except Exception as exc:  # noqa: BLE001 - a typed relay error keeps its status, anything else is a 503
-            raise _relay_failed("recording", exc) from None
-        try:
-            length = await asyncio.to_thread(playable_length, path) if path else 0
-        except FileNotFoundError:  # deleted (retention) between the two calls
-            length = 0
+            length = await asyncio.to_thread(stored_playable_length, self.recordings, session_id)
+        except OSError as exc:  # the store is down or refuses us: a 503 naming it, not a 500
+            raise RecordingUnavailable(f"recording: the recording store {self.recordings!r} failed: {exc}", retry_after_s=self.config.retry_after_s) from None
         if not length:
             raise RecordingNotFound(
-                f"recording: no recording for session {session_id!r} (not started yet, or deleted after recording_retention_s)"
+                f"recording: no recording for session {session_id!r} (not started yet, not uploaded yet on an object store, "
+                "or deleted after recording_retention_s)"
             )
-        return file_prefix_response(path, length, "video/mp4", f"{session_id}.mp4", request.headers.get("range"))
+        return file_prefix_response(
+            lambda: self.recordings.open(session_id), length, "video/mp4", f"{session_id}.mp4", request.headers.get("range")
+        )

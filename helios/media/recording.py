@@ -3,7 +3,8 @@
 The file is a fragmented MP4 (init segment, then moof+mdat pairs) on its own timeline
 starting at 0, so it plays in PyAV, ffmpeg and browsers while it grows and after it ends.
 A reader of a growing file takes `playable_length` bytes (whole fragments only); a
-`RecordingStore` deletes each recording `retention_s` after its session ended.
+`RecordingStore` deletes each recording `retention_s` after its session ended. Files are
+reached through fsspec (`helios.media.storage`): a local folder or any shared store.
 """
 
 from __future__ import annotations
@@ -12,23 +13,29 @@ import asyncio
 import logging
 import os
 import re
-import shutil
 import struct
 import time
-from pathlib import Path
+from typing import IO
 
 from helios.media.mp4 import Mp4Chunk, Mp4Timeline
+from helios.media.storage import RecordingStorage
 
 logger = logging.getLogger(__name__)
 
 
 class RecordingWriter:
-    """Appends encoded chunks to `path`; the first append writes the init segment."""
+    """Appends encoded chunks to a file; the first append writes the init segment.
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb")  # noqa: SIM115 - lives as long as the recording
+    `RecordingWriter(path)` writes a local file; `RecordingWriter(name, file)` writes to an
+    already open binary file (`RecordingStorage.create`), `name` being what logs show.
+    """
+
+    def __init__(self, path: str | os.PathLike, file: IO[bytes] | None = None):
+        self.path = str(path)
+        if file is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            file = open(self.path, "wb")  # noqa: SIM115 - lives as long as the recording
+        self._file = file
         self._timeline = Mp4Timeline()
         self._wrote_init = False
         self.chunks = 0
@@ -59,28 +66,36 @@ class RecordingWriter:
 
 
 def playable_length(path: str | os.PathLike) -> int:
-    """Bytes of `path` that end on a whole box after the init segment (`moov`) or a fragment's
-    `mdat`: a prefix that plays. 0 when not even the init segment is complete.
+    """`playable_prefix` of a local file."""
+    with open(path, "rb") as f:
+        return playable_prefix(f, os.fstat(f.fileno()).st_size)
+
+
+def playable_prefix(f: IO[bytes], size: int) -> int:
+    """Bytes of the first `size` of `f` that end on a whole box after the init segment (`moov`)
+    or a fragment's `mdat`: a prefix that plays. 0 when not even the init segment is complete.
 
     Reads only the box headers (8-16 bytes per box), so it is cheap however long the
     recording, and it is right whichever process is writing the file.
     """
     good = 0
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos + 8 <= size:
-            f.seek(pos)
-            box_size, box_type = struct.unpack(">I4s", f.read(8))
-            if box_size == 1:
-                if pos + 16 > size:
-                    break
-                (box_size,) = struct.unpack(">Q", f.read(8))
-            if box_size < 8 or pos + box_size > size:  # 0 (to the end), malformed, or still being written
+    pos = 0
+    while pos + 8 <= size:
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:  # shorter than `size` said (deleted or truncated meanwhile)
+            break
+        box_size, box_type = struct.unpack(">I4s", header)
+        if box_size == 1:
+            wide = f.read(8)
+            if pos + 16 > size or len(wide) < 8:
                 break
-            pos += box_size
-            if box_type in (b"moov", b"mdat"):
-                good = pos
+            (box_size,) = struct.unpack(">Q", wide)
+        if box_size < 8 or pos + box_size > size:  # 0 (to the end), malformed, or still being written
+            break
+        pos += box_size
+        if box_type in (b"moov", b"mdat"):
+            good = pos
     return good
 
 
@@ -89,22 +104,28 @@ _SESSION_DIR = re.compile(r"[0-9a-f]{32}")
 
 
 class RecordingStore:
-    """The folder of recordings (`<root>/<session_id>/recording.mp4`) and their retention.
+    """The recordings at one `RecordingStorage` (`<root>/<session_id>/recording.mp4`) and their retention.
 
     `finished(session_id)` schedules the deletion of a recording `retention_s` after its
     session ended (0: at once). `expired()` lists recordings nobody scheduled (a replica
     restarted) whose files have been untouched for `retention_s`: the caller deletes those
     whose session is gone, so no recording outlives its retention by more than a sweep period.
+    Scheduled deletions run in a thread (fsspec calls block).
     """
 
-    def __init__(self, root: str | os.PathLike, retention_s: float):
-        self.root = Path(root).expanduser()
+    def __init__(self, storage: RecordingStorage | str | os.PathLike, retention_s: float):
+        self.storage = storage if isinstance(storage, RecordingStorage) else RecordingStorage(str(storage))
         self.retention_s = float(retention_s)
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._deleting: set[asyncio.Future] = set()
         self.deleted = 0
 
-    def path(self, session_id: str) -> Path:
-        return self.root / session_id / "recording.mp4"
+    @property
+    def root(self) -> str:
+        return self.storage.root
+
+    def path(self, session_id: str) -> str:
+        return self.storage.path(session_id)
 
     def finished(self, session_id: str) -> None:
         """The session's recording is complete: delete it after the retention (on the running loop)."""
@@ -116,14 +137,19 @@ class RecordingStore:
 
     def _expire(self, session_id: str) -> None:
         self._timers.pop(session_id, None)
-        self.delete(session_id)
+        task = asyncio.ensure_future(asyncio.to_thread(self._delete_logged, session_id))
+        self._deleting.add(task)
+        task.add_done_callback(self._deleting.discard)
+
+    def _delete_logged(self, session_id: str) -> None:
+        try:
+            self.delete(session_id)
+        except OSError as exc:  # the store refused now: the sweep of expired recordings retries it
+            logger.warning("deleting the recording of session %s at %r failed: %s", session_id, self.storage, exc)
 
     def delete(self, session_id: str) -> bool:
         """Remove the session's recording folder; True when there was one."""
-        folder = self.root / session_id
-        try:
-            shutil.rmtree(folder)
-        except FileNotFoundError:
+        if not self.storage.delete(session_id):
             return False
         self.deleted += 1
         logger.info("recording of session %s deleted (retention %.0f s)", session_id, self.retention_s)
@@ -132,19 +158,13 @@ class RecordingStore:
     def expired(self, keep: set[str] = frozenset()) -> list[str]:
         """Session ids of unscheduled recordings untouched for the retention (`keep`: ids this
         process is writing); sorted."""
-        if not self.root.is_dir():
-            return []
         cutoff = time.time() - self.retention_s
         gone = []
-        for folder in self.root.iterdir():
-            sid = folder.name
-            if not _SESSION_DIR.fullmatch(sid) or sid in keep or sid in self._timers or not folder.is_dir():
+        for sid in self.storage.folders():
+            if not _SESSION_DIR.fullmatch(sid) or sid in keep or sid in self._timers:
                 continue
-            try:
-                mtime = max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
-            except FileNotFoundError:  # deleted meanwhile by another replica
-                continue
-            if mtime <= cutoff:
+            mtime = self.storage.modified(sid)
+            if mtime is not None and mtime <= cutoff:  # None: deleted meanwhile by another replica
                 gone.append(sid)
         return sorted(gone)
 
@@ -153,3 +173,13 @@ class RecordingStore:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+
+def stored_playable_length(storage: RecordingStorage, session_id: str) -> int:
+    """`playable_prefix` of a session's recording at `storage`; 0 when there is none (yet, or any more)."""
+    try:
+        size = storage.size(session_id)
+        with storage.open(session_id) as f:
+            return playable_prefix(f, size)
+    except FileNotFoundError:
+        return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from pathlib import Path
 
 import av
 import numpy as np
@@ -100,12 +101,12 @@ def test_recording_writer_plays_while_growing_and_after(encoded_session, tmp_pat
     enc, _, chunks = encoded_session
     writer = RecordingWriter(tmp_path / "s" / "recording.mp4")
     writer.append(enc.init_segment, chunks[2])
-    assert len(decode(writer.path.read_bytes())) == N  # readable mid-way
+    assert len(decode(Path(writer.path).read_bytes())) == N  # readable mid-way
     writer.append(enc.init_segment, chunks[3])
     writer.close()
-    decoded = decode(writer.path.read_bytes())
+    decoded = decode(Path(writer.path).read_bytes())
     assert len(decoded) == 2 * N and float(decoded[0].time) == 0.0
-    (test_output_dir / "media-recording.mp4").write_bytes(writer.path.read_bytes())
+    (test_output_dir / "media-recording.mp4").write_bytes(Path(writer.path).read_bytes())
     with pytest.raises(ValueError, match="closed"):
         writer.append(enc.init_segment, chunks[0])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,12 +26,18 @@ VIEWER_STALL_TIMEOUT_S = 20.0
 """max_viewers_per_session of the served test app (small: a flood test needs only a few more)."""
 
 
+def recording_folder(tiny_path: str) -> Path:
+    """Where the served test app keeps recordings (its `recording_uri` is this folder as a file:// URL)."""
+    return Path(tiny_path).parent / "recordings"
+
+
 def serving_config(tiny_path: str):
     from deployments.config import ServingConfig
 
     return ServingConfig.model_validate(
         {
             "app_name": APP_NAME,
+            "recording_uri": f"file://{recording_folder(tiny_path)}",
             "default_model": "helios-tiny",
             "models": {
                 "helios-tiny": {"kind": "helios", "path": tiny_path, "tp_size": 2, "pool_size": 2, "cpus_per_worker": 0.25,
@@ -139,8 +146,6 @@ class Served:
 def _haproxy_routes_to_replicas(port: int) -> bool:
     """True once HAProxy's generated config sends the app to a front-door replica's own port; until
     then it sends requests to Serve's fallback Python proxy, where `send` never blocks."""
-    from pathlib import Path
-
     from deployments.ingress_env import direct_ingress_env
 
     base = Path(direct_ingress_env(port)["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])

@@ -1,4 +1,8 @@
-"""GET recording.mp4 while the session still records: a playable prefix with its own Content-Length, and ranges."""
+"""GET recording.mp4 while the session still records: a playable prefix with its own Content-Length, and ranges.
+
+The served app's `recording_uri` is a file:// URL: the relay writes there, the front door reads from there
+(not from the relay), as any front door of a cluster does from shared storage.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import io
 
 import av
 
-from tests.serve.conftest import wait_for
+from tests.serve.conftest import recording_folder, wait_for
 
 
 def _frames(data: bytes) -> int:
@@ -43,5 +47,9 @@ def test_a_growing_recording_is_served_to_its_complete_length(served):
         assert part.headers["content-range"] == f"bytes 0-99/{total}" and total >= len(later.content)
         beyond = served.http.get(urls["recording"], headers={"Range": f"bytes={10**12}-"})
         assert beyond.status_code == 416 and beyond.headers["content-range"].startswith("bytes */")
+
+        # What was served is the file at recording_uri (a prefix of it: the file may have grown since).
+        stored = (recording_folder(served.config.models["helios-tiny"].path) / sid / "recording.mp4").read_bytes()
+        assert stored.startswith(later.content)
     finally:
         served.delete(sid)

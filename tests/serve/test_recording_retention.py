@@ -24,7 +24,8 @@ def relay_now(ray_cluster, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ.get("HELIOS_TEST_PORT", "8765"))})
     handle = serve.run(
         Relay.options(name="RelayRetention", num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
-            recordings_dir=str(tmp_path_factory.mktemp("recordings")), recording_retention_s=0, pace_mjpeg=False, poll_timeout_s=5
+            recording_uri=f"file://{tmp_path_factory.mktemp('recordings')}", recording_retention_s=0, pace_mjpeg=False,
+            poll_timeout_s=5,
         ),
         name="relay-retention-test",
         route_prefix=None,
@@ -39,7 +40,7 @@ def test_a_recording_is_deleted_when_its_session_ends(relay_now, ray_cluster):
     sid = uuid.uuid4().hex
     actor = fake_session_class().options(name=session_actor_name(sid), namespace=NAMESPACE).remote(8, chunk_frames)
     try:
-        path = Path(relay_now.start_recording.remote(sid).result())
+        path = Path(relay_now.start_recording.remote(sid).result().removeprefix("file://"))
         ray_cluster.get(actor.produce.remote(2))
         info = wait_for(lambda: (i := relay_now.recording_info.remote(sid).result())["chunks"] == 2 and i, 60, "2 chunks recorded")
         assert info["recording"] and path.is_file()  # kept while the session lives, whatever the retention

@@ -14,6 +14,7 @@ import sys
 import uuid
 
 import av
+import fsspec
 import numpy as np
 import pytest
 
@@ -119,7 +120,7 @@ def relay(ray_cluster, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ.get("HELIOS_TEST_PORT", "8765"))})
     handle = serve.run(
         Relay.options(name="RelayUnderTest", num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
-            window_chunks=8, viewer_queue_chunks=8, pace_mjpeg=False, recordings_dir=str(recordings), poll_timeout_s=5
+            window_chunks=8, viewer_queue_chunks=8, pace_mjpeg=False, recording_uri=f"file://{recordings}", poll_timeout_s=5
         ),
         name="relay-test",
         route_prefix=None,
@@ -199,7 +200,9 @@ def test_viewers_share_one_encode_per_format_and_the_recording_plays(relay, sess
     assert len(mjpeg.split_parts(mj)) == 3 * N and mj.endswith(mjpeg.closing_boundary())
 
     assert info["complete"] and info["chunks"] == 3 and rec_path == path
-    recorded = decode(open(path, "rb").read())
+    assert path.startswith("file://")  # the recording's URL at recording_uri
+    with fsspec.open(path, "rb") as f:
+        recorded = decode(f.read())
     assert len(recorded) == 3 * N and float(recorded[0].time) == 0.0
 
 
