@@ -129,7 +129,7 @@ def bench_viewers(counts: list[int], chunks: int, formats: list[str], h: int, w:
     from deployments.relay import Relay
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     try:
         relay = serve.run(

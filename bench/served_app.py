@@ -41,7 +41,7 @@ def local_cluster(**init) -> Iterator[None]:
     import ray
     from ray import serve
 
-    ray.init(include_dashboard=False, log_to_driver=False, **init)
+    ray.init(**{"address": "local", **init}, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

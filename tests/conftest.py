@@ -49,6 +49,9 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            # Always a private cluster: a bare init() attaches to whatever `ray start` (or a
+            # ray.cluster_utils.Cluster) on this machine last wrote to /tmp/ray/ray_current_cluster.
+            address="local",
             num_cpus=4,
             object_store_memory=256 * 1024 * 1024,
             include_dashboard=False,
