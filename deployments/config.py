@@ -57,7 +57,39 @@ class ModelSpec(_Strict):
     )
     path: str | None = Field(None, description="Folder of a diffusers-format Helios pipeline; wins over `preset`.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks per shard group (one GPU each on GPU).")
-    pool_size: int = Field(1, ge=1, le=1024, description="Warm shard groups (or, for test-pattern, concurrent session slots).")
+    pool_size: int = Field(
+        1, ge=1, le=1024,
+        description="Warm shard groups (or, for test-pattern, concurrent session slots); with neither `min_groups` nor "
+        "`max_groups` set, the pool is fixed at this size (docs/pool.md).",
+    )
+    min_groups: int | None = Field(
+        None, ge=0, le=1024,
+        description="Fewest shard groups kept (free or leased); unset: `pool_size`, or min(pool_size, max_groups) when "
+        "`max_groups` is set.",
+    )
+    max_groups: int | None = Field(
+        None, ge=1, le=1024,
+        description="Most shard groups (free, leased and building); unset: `pool_size`, or max(pool_size, min_groups). "
+        "For test-pattern: its session slots.",
+    )
+    headroom: int = Field(
+        1, ge=0, le=1024,
+        description="Free warm groups kept ready beyond the leased ones (and one more per queued session), within "
+        "min_groups..max_groups: the next session is admitted without a model load.",
+    )
+    scale_down_delay_s: float = Field(
+        300.0, ge=0, description="A free group idle longer than this is destroyed while the pool is above its target (never a leased one)."
+    )
+    gpus_per_worker: float | None = Field(
+        None, ge=0,
+        description="GPUs per shard worker (placement-group bundle); unset: 1 on device 'cuda', 0 on 'cpu'. On 'cpu' a "
+        "value > 0 reserves logical GPUs (how CPU test clusters declare GPU bundles).",
+    )
+    placement_timeout_s: float = Field(
+        900.0, gt=0,
+        description="Longest wait for a new group's placement group (a node for its bundles, which the Ray autoscaler may "
+        "be adding); then it is removed, logged, and asked for again after a back-off while still needed.",
+    )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where the shard workers run.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activation dtype.")
     lookahead: int = Field(1, ge=0, le=16, description="Chunks the generator may run ahead of real-time playback.")
@@ -74,12 +106,38 @@ class ModelSpec(_Strict):
         base = dict(TINY_STREAM) if self.preset == "tiny" and not self.path else {}
         return {**base, **self.options}
 
+    def group_bounds(self) -> tuple[int, int]:
+        """(min_groups, max_groups) as resolved from the fields set: `pool_size` fills in whichever is unset.
+
+        Resolved at use, not stored, so a `model_copy(update={"pool_size": n})` keeps meaning a pool of n.
+        """
+        if self.min_groups is None and self.max_groups is None:
+            return self.pool_size, self.pool_size
+        if self.min_groups is None:
+            return min(self.pool_size, self.max_groups), self.max_groups
+        if self.max_groups is None:
+            return self.min_groups, max(self.pool_size, self.min_groups)
+        return self.min_groups, self.max_groups
+
+    def worker_gpus(self) -> float:
+        """GPUs per shard worker (bundle): `gpus_per_worker`, else 1 on cuda and 0 on cpu."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if self.device == "cuda" else 0.0
+
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
         if self.kind == "helios" and not (self.path or self.preset):
             raise ValueError("model of kind 'helios' needs `path` or `preset`")
         if self.device == "cpu" and self.dtype == "float16":
             raise ValueError("dtype 'float16' is not supported on device 'cpu'; use float32 or bfloat16")
+        low, high = self.group_bounds()
+        if low > high:
+            raise ValueError(f"min_groups ({low}) must be <= max_groups ({high})")
+        if self.headroom > high:
+            raise ValueError(f"headroom ({self.headroom}) must be <= max_groups ({high})")
+        if self.device == "cuda" and self.gpus_per_worker == 0:
+            raise ValueError("gpus_per_worker: must be > 0 on device 'cuda' (each rank needs a GPU)")
         return self
 
 

@@ -48,6 +48,17 @@ class FrontDoorMetrics:
         self.queued = Gauge("helios_sessions_queued", "Queued sessions per model", ["model"], registry=r)
         self.tenants = Gauge("helios_tenants_with_sessions", "Tenants holding at least one session (active or queued)", registry=r)
         self.groups = Gauge("helios_shard_groups", "Shard groups (or slots) per model and state", ["model", "state"], registry=r)
+        self.pool_target = Gauge(
+            "helios_pool_target_groups", "Groups a model's pool aims at (leased + headroom + queued, within min..max)", ["model"], registry=r
+        )
+        self.warmup = Gauge(
+            "helios_pool_warmup_seconds", "Shard group warm-up, placement group ready -> model loaded (last, mean)", ["model", "stat"],
+            registry=r,
+        )
+        self.scale_events = Gauge(
+            "helios_pool_events", "Pool events since the registry started (scale_up, scale_down, placement_timeout, failed_build)",
+            ["model", "event"], registry=r,
+        )
         self.fps = Gauge(
             "helios_effective_fps", "Frames per second the active sessions of a model produce (min, mean, max)", ["model", "stat"], registry=r
         )
@@ -74,6 +85,14 @@ class FrontDoorMetrics:
         for model, p in stats.get("models", {}).items():
             for state in ("free", "leased", "building"):
                 self.groups.labels(model, state).set(p.get(state, 0))
+            self.pool_target.labels(model).set(p.get("target", 0))
+            for stat in ("last", "mean"):
+                value = p.get(f"warmup_{stat}_s")
+                if value is not None:
+                    self.warmup.labels(model, stat).set(value)
+            for event, key in (("scale_up", "scale_ups"), ("scale_down", "scale_downs"),
+                               ("placement_timeout", "placement_timeouts"), ("failed_build", "failed_builds")):
+                self.scale_events.labels(model, event).set(p.get(key, 0))
         for name, value in stats.get("counters", {}).items():
             self.counters.labels(name).set(value)
         self.fps.clear()

@@ -1,9 +1,15 @@
 """The pools of one app: per model, its warm shard groups (or plain slots for models without one).
 
 Owned by the registry actor (the groups' placement groups are scoped to it). A pool
-builds its groups in the background, retrying a failed build after a back-off (a group
-is capacity), leases one per session, and takes it back whole, or destroys and rebuilds
-it when the session reports it broken.
+holds between `min_groups` and `max_groups` groups and follows the target of
+deployments/pool_policy.py: it is asked again on every lease, release and queue change
+and on a periodic tick, starts builds when it is short and destroys groups idle past
+`scale_down_delay_s` when it is above target (never a leased one). Each build is its own
+task: a placement group waiting for a node (which the Ray autoscaler may be adding) is
+reported as `building`, blocks no other build, and is given up after
+`placement_timeout_s`, then asked for again after a back-off while still needed.
+A broken group (reported by its session) is destroyed; the policy builds its replacement.
+Groups are spread over nodes: each new one prefers, softly, the node holding fewest of ours.
 """
 
 from __future__ import annotations
@@ -12,21 +18,39 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import ray
 
 from deployments.config import ModelSpec, ServingConfig, resolve_model_path
 from deployments.model_factory import model_factory_for
 from deployments.naming import shard_group_id
-from deployments.protocol import PoolStats
-from deployments.shard import ShardGroup, create_shard_group, destroy_shard_group
+from deployments.pool_policy import ScalingPolicy, pick_node
+from deployments.protocol import GroupInfo, PoolDescription, PoolStats
+from deployments.shard import PlacementTimeout, ShardGroup, create_shard_group, destroy_shard_group, group_bundle
 
 logger = logging.getLogger(__name__)
 
 REBUILD_BACKOFF_S = 5.0
-"""Wait before building again after a failed group build."""
+"""Wait before building again after a failed build (doubled per failure, up to MAX_BACKOFF_S)."""
+MAX_BACKOFF_S = 60.0
 WARM_POLL_S = 0.2
+TICK_S = 5.0
+"""Longest sleep of the scaling tick (it wakes earlier when an idle group is due, or anything changed)."""
+
+
+@dataclass
+class Build:
+    """A group build in flight: its placement group waits for a node, or its ranks load the model."""
+
+    group_id: str
+    hint: str | None = None
+    """The node asked for (softly), counted for spreading until the group is placed."""
+    node_id: str | None = None
+    """Where rank 0 runs, once placed."""
 
 
 @dataclass
@@ -34,17 +58,44 @@ class ModelPool:
     """The slots of one model; a slot is a warm `ShardGroup`, or None for a model without one."""
 
     spec: ModelSpec
+    needs_group: bool = True
+    policy: ScalingPolicy = field(init=False)
     free: list[ShardGroup | None] = field(default_factory=list)
     leased: dict[str, ShardGroup | None] = field(default_factory=dict)
     """Session id -> its slot."""
-    building: int = 0
+    builds: dict[str, Build] = field(default_factory=dict)
+    """Build key -> the build in flight."""
+    broken: dict[str, ShardGroup] = field(default_factory=dict)
+    """Group id -> a broken group being destroyed."""
+    idle_since: dict[str, float] = field(default_factory=dict)
+    """Free group id -> when it became free (time.monotonic)."""
+    claimed: set[str] = field(default_factory=set)
+    """Sessions promised a free slot whose lease has not run yet."""
     failed_builds: int = 0
+    placement_timeouts: int = 0
+    scale_ups: int = 0
+    scale_downs: int = 0
+    warmups_s: list[float] = field(default_factory=list)
     model_path: str | None = None
     last_error: str | None = None
 
-    def warm(self) -> bool:
-        """Every slot built (free or leased)."""
-        return self.building == 0 and len(self.free) + len(self.leased) >= self.spec.pool_size
+    def __post_init__(self) -> None:
+        self.policy = ScalingPolicy.of(self.spec)
+
+    @property
+    def building(self) -> int:
+        return len(self.builds)
+
+    def slots(self) -> int:
+        """Plain slots of a model without groups: its max_groups (pool_size when unset)."""
+        return self.policy.max_groups
+
+    def target(self, queued: int) -> int:
+        return self.policy.target(len(self.leased), queued) if self.needs_group else self.slots()
+
+    def warm(self, queued: int = 0) -> bool:
+        """Every slot the target asks for is built (free or leased)."""
+        return self.building == 0 and len(self.free) + len(self.leased) >= self.target(queued)
 
     def ready(self) -> bool:
         """At least one slot built (free or leased): a session is admitted now or as soon as one ends.
@@ -54,11 +105,33 @@ class ModelPool:
         return bool(self.free or self.leased)
 
     def stats(self, queued: int) -> PoolStats:
-        return PoolStats(free=len(self.free), leased=len(self.leased), building=self.building, queued=queued,
-                         failed_builds=self.failed_builds, last_error=self.last_error, ready=self.ready())
+        w = self.warmups_s
+        return PoolStats(
+            free=len(self.free), leased=len(self.leased), building=self.building, queued=queued,
+            failed_builds=self.failed_builds, last_error=self.last_error, ready=self.ready(), target=self.target(queued),
+            scale_ups=self.scale_ups, scale_downs=self.scale_downs, placement_timeouts=self.placement_timeouts,
+            warmup_last_s=w[-1] if w else None, warmup_mean_s=sum(w) / len(w) if w else None,
+        )
+
+    def describe(self, queued: int) -> PoolDescription:
+        """Every group (or slot) with its state, node and session: the admin API's view."""
+        groups = [GroupInfo(b.group_id, "building", b.node_id, None) for b in self.builds.values()]
+        groups += [GroupInfo(_gid(g), "free", _node(g), None) for g in self.free]
+        groups += [GroupInfo(_gid(g), "leased", _node(g), sid) for sid, g in self.leased.items()]
+        groups += [GroupInfo(g.group_id, "broken", g.node_id, None) for g in self.broken.values()]
+        low, high = (self.policy.min_groups, self.policy.max_groups) if self.needs_group else (self.slots(), self.slots())
+        return PoolDescription(min_groups=low, max_groups=high, target=self.target(queued), queued=queued, groups=groups)
 
     def groups(self) -> list[ShardGroup]:
         return [s for s in list(self.free) + list(self.leased.values()) if s is not None]
+
+
+def _gid(group: ShardGroup | None) -> str | None:
+    return group.group_id if group is not None else None
+
+
+def _node(group: ShardGroup | None) -> str | None:
+    return group.node_id if group is not None else None
 
 
 class Pools:
@@ -66,84 +139,281 @@ class Pools:
 
     `spawn` runs a background coroutine (the registry's task set); `on_slot(model)` is
     called whenever a slot of `model` may have become free, so the registry admits the
-    next queued session.
+    next queued session; `queued(model)` is how many sessions wait for one (the policy
+    builds a group for each, within max_groups).
     """
 
-    def __init__(self, config: ServingConfig, spawn: Callable[[Coroutine], None], on_slot: Callable[[str], None]):
+    def __init__(
+        self,
+        config: ServingConfig,
+        spawn: Callable[[Coroutine], None],
+        on_slot: Callable[[str], None],
+        queued: Callable[[str], int] = lambda model: 0,
+    ):
         self.config = config
-        self.by_model: dict[str, ModelPool] = {m: ModelPool(spec) for m, spec in config.models.items()}
+        self.by_model: dict[str, ModelPool] = {
+            m: ModelPool(spec, needs_group=model_factory_for(spec).needs_group) for m, spec in config.models.items()
+        }
         self.closed = False
         self.rebuilt = 0
         self._spawn = spawn
         self._on_slot = on_slot
+        self._queued = queued
         self._started = False
         self._path_lock = asyncio.Lock()
         self._destroying: set[asyncio.Future] = set()
+        self._build_tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
-        """Fill every pool (idempotent): plain slots at once, shard groups in the background."""
+        """Fill every pool (idempotent): plain slots at once, shard groups in the background, then keep them at target."""
         if self._started:
             return
         self._started = True
         for model, pool in self.by_model.items():
-            if model_factory_for(pool.spec).needs_group:
-                for _ in range(pool.spec.pool_size):
-                    self._spawn(self._build(model))
+            if pool.needs_group:
+                self.rebalance(model, scale_up=False)
             else:
-                pool.free = [None] * pool.spec.pool_size
+                pool.free = [None] * pool.slots()
+        if any(p.needs_group for p in self.by_model.values()):
+            self._spawn(self._tick())
 
     async def wait_warm(self, timeout_s: float) -> None:
-        """Return once every pool is fully built, or after `timeout_s`."""
+        """Return once every pool has built its target, or after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not all(p.warm() for p in self.by_model.values()):
+        while time.monotonic() < deadline and not all(p.warm(self._queued(m)) for m, p in self.by_model.items()):
             await asyncio.sleep(WARM_POLL_S)
 
-    def lease(self, model: str, session_id: str) -> ShardGroup | None:
-        """Give a free slot of `model` to `session_id` (the caller checked `has_free`)."""
+    # ---- leases --------------------------------------------------------------------------
+    def has_free(self, model: str) -> bool:
         pool = self.by_model[model]
-        slot = pool.free.pop(0)
+        return len(pool.free) > len(pool.claimed)
+
+    def claim(self, model: str, session_id: str) -> None:
+        """Promise a free slot to `session_id`, whose `lease` runs later (in its launch task), so
+        `has_free` does not offer the same slot twice meanwhile."""
+        self.by_model[model].claimed.add(session_id)
+
+    def lease(self, model: str, session_id: str) -> ShardGroup | None:
+        """Give a free slot of `model` to `session_id` (the caller checked `has_free`, or claimed one).
+
+        Of the free groups, the one on the node with the fewest leased groups (so a node loss
+        ends the fewest sessions), then the most recently freed (the longest idle retire first).
+        """
+        pool = self.by_model[model]
+        pool.claimed.discard(session_id)
+        leased_on = Counter(g.node_id for g in pool.leased.values() if g is not None)
+        best = min(range(len(pool.free)), key=lambda i: self._lease_rank(pool, pool.free[i], leased_on), default=None)
+        if best is None:
+            raise RuntimeError(f"model {model!r}: lease with no free slot (has_free was not checked)")
+        slot = pool.free.pop(best)
+        if slot is not None:
+            pool.idle_since.pop(slot.group_id, None)
         pool.leased[session_id] = slot
+        self.rebalance(model)
         return slot
 
-    def has_free(self, model: str) -> bool:
-        return bool(self.by_model[model].free)
+    @staticmethod
+    def _lease_rank(pool: ModelPool, slot: ShardGroup | None, leased_on: Counter) -> tuple[int, float]:
+        if slot is None:
+            return 0, 0.0
+        return leased_on[slot.node_id], -pool.idle_since.get(slot.group_id, 0.0)
 
     def release(self, model: str, session_id: str, broken: str | None) -> bool:
-        """Take `session_id`'s slot back; a broken group is destroyed and rebuilt. True when rebuilt."""
+        """Take `session_id`'s slot back; a broken group is destroyed (the policy builds its replacement). True when broken."""
         pool = self.by_model[model]
         if session_id not in pool.leased:
             return False
         slot = pool.leased.pop(session_id)
+        pool.claimed.discard(session_id)
         if broken and slot is not None:
-            logger.warning("group %s is broken (%s): rebuilding it", slot.group_id, broken)
-            self._destroy(slot)
+            logger.warning("group %s is broken (%s): destroying it", slot.group_id, broken)
+            pool.broken[slot.group_id] = slot
+            self._destroy(slot, on_gone=lambda: pool.broken.pop(slot.group_id, None))
             self.rebuilt += 1
-            if not self.closed:
-                self._spawn(self._build(model))
+            self.rebalance(model)
             return True
         if self.closed:
             if slot is not None:
                 self._destroy(slot)
         else:
             pool.free.append(slot)
+            if slot is not None:
+                pool.idle_since[slot.group_id] = time.monotonic()
+            self.rebalance(model)
         return False
 
-    def _destroy(self, group: ShardGroup) -> None:
+    # ---- scaling -------------------------------------------------------------------------
+    def rebalance(self, model: str, *, scale_up: bool = True) -> float | None:
+        """Apply the policy to `model`'s pool now: start builds, retire idle groups.
+
+        Returns when to ask again (seconds; an idle group above target becomes due), or None.
+        `scale_up=False` for the initial fill (not counted as scale-ups).
+        """
+        pool = self.by_model[model]
+        if self.closed or not self._started or not pool.needs_group:
+            return None
+        plan = pool.policy.plan(
+            leased=len(pool.leased), building=pool.building, queued=self._queued(model), idle_since=pool.idle_since,
+            now=time.monotonic(),
+        )
+        for _ in range(plan.build):
+            self._start_build(model, scale_up)
+        for group_id in plan.retire:
+            self._retire(pool, group_id)
+        self._wake.set()
+        return plan.recheck_in_s
+
+    def _start_build(self, model: str, scale_up: bool) -> None:
+        pool = self.by_model[model]
+        key = uuid.uuid4().hex
+        pool.builds[key] = Build(group_id=self._new_group_id(model))
+        if scale_up:
+            pool.scale_ups += 1
+            logger.info("pool %s: scaling up (leased %d, free %d, building %d, queued %d)", model, len(pool.leased),
+                        len(pool.free), pool.building, self._queued(model))
+        task = asyncio.ensure_future(self._build(model, key))
+        self._build_tasks.add(task)
+        task.add_done_callback(self._build_tasks.discard)
+        self._spawn(task)
+
+    def _retire(self, pool: ModelPool, group_id: str) -> None:
+        """Destroy a free group idle past the delay (scale-down)."""
+        index = next(i for i, g in enumerate(pool.free) if g is not None and g.group_id == group_id)
+        group = pool.free.pop(index)
+        idle_s = time.monotonic() - pool.idle_since.pop(group_id)
+        pool.scale_downs += 1
+        logger.info("group %s idle for %.1fs: destroying it (scale-down)", group_id, idle_s)
+        self._destroy(group)
+
+    async def _tick(self) -> None:
+        """Ask the policy again when an idle group becomes due (or every TICK_S), until closed."""
+        while not self.closed:
+            due = [self.rebalance(m) for m, p in self.by_model.items() if p.needs_group]
+            wait = min([d for d in due if d is not None] + [TICK_S])
+            self._wake.clear()  # set again by any lease, release or queue change: the wait is then recomputed
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.05))
+            except TimeoutError:
+                pass
+
+    def _new_group_id(self, model: str) -> str:
+        return shard_group_id(self.config.app_name, model, uuid.uuid4().hex[:8])
+
+    def _still_needed(self, model: str) -> bool:
+        """Whether the policy still wants a build besides those in flight (one of them being the asker)."""
+        pool = self.by_model[model]
+        target = pool.target(self._queued(model))
+        return not self.closed and len(pool.free) + len(pool.leased) + pool.building - 1 < target
+
+    async def _build(self, model: str, key: str) -> None:
+        pool = self.by_model[model]
+        spec = pool.spec
+        build = pool.builds[key]
+        backoff = REBUILD_BACKOFF_S
+        try:
+            while not self.closed:
+                try:
+                    async with self._path_lock:  # one writer of a preset checkpoint, however many groups build
+                        if pool.model_path is None:
+                            pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
+                    build.hint = await self._node_hint(spec)
+                    group = await create_shard_group(
+                        build.group_id,
+                        pool.model_path,
+                        tp_size=spec.tp_size,
+                        device=spec.device,
+                        dtype=spec.dtype,
+                        cpus_per_worker=spec.cpus_per_worker,
+                        gpus_per_worker=spec.worker_gpus(),
+                        overrides=spec.pipeline_overrides(),
+                        node_hint=build.hint,
+                        placement_timeout_s=spec.placement_timeout_s,
+                        on_placed=lambda node: setattr(build, "node_id", node),
+                    )
+                except PlacementTimeout as exc:
+                    pool.placement_timeouts += 1
+                    pool.last_error = str(exc)
+                    logger.warning("%s (pending bundles: the autoscaler may still add a node); asking again in %.0fs",
+                                   exc, backoff)
+                except Exception as exc:  # noqa: BLE001 - keep trying while needed: a group is capacity
+                    pool.failed_builds += 1
+                    pool.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.error("building shard group %s for %s failed: %s; again in %.0fs", build.group_id, model,
+                                 pool.last_error, backoff)
+                else:
+                    if self.closed:
+                        await asyncio.to_thread(destroy_shard_group, group)
+                        return
+                    pool.warmups_s.append(group.warmup_s or 0.0)
+                    del pool.warmups_s[:-256]  # a bounded history for the mean
+                    pool.free.append(group)
+                    pool.idle_since[group.group_id] = time.monotonic()
+                    return
+                await asyncio.sleep(backoff)  # the back-off of a failed build, not a synchronisation
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                if not self._still_needed(model):
+                    logger.info("pool %s: a build is no longer needed after its failure; stopping it", model)
+                    return
+                build.group_id, build.hint, build.node_id = self._new_group_id(model), None, None
+        finally:
+            pool.builds.pop(key, None)
+            self._on_slot(model)
+            self.rebalance(model)
+
+    async def _node_hint(self, spec: ModelSpec) -> str | None:
+        """The alive node holding the fewest of our groups among those with room for one more; None when none has.
+
+        A soft preference only (STRICT_PACK's `_soft_target_node_id`): with no node
+        suggested, or the suggested one full, Ray places the group where it fits, or keeps
+        it pending so the autoscaler adds a node.
+        """
+        nodes = await asyncio.to_thread(ray.nodes)  # a GCS call: off the registry's loop
+        used: dict[str, Counter] = defaultdict(Counter)
+        held: Counter = Counter()
+        for pool in self.by_model.values():
+            need = self._group_need(pool.spec)
+            placed = [g.node_id for g in pool.groups()] + [b.node_id or b.hint for b in pool.builds.values()]
+            for node in placed:
+                if node:
+                    used[node].update(need)
+                    held[node] += 1
+        totals = {n["NodeID"]: n.get("Resources", {}) for n in nodes if n.get("Alive")}
+        return pick_node(totals, used, held, self._group_need(spec))
+
+    @staticmethod
+    def _group_need(spec: ModelSpec) -> Counter:
+        bundle = group_bundle(spec.cpus_per_worker, spec.worker_gpus())
+        return Counter({k: v * spec.tp_size for k, v in bundle.items()})
+
+    # ---- teardown and inspection -----------------------------------------------------------
+    def _destroy(self, group: ShardGroup, on_gone: Callable[[], Any] | None = None) -> None:
         """Destroy `group` in a worker thread (placement-group removal is a blocking GCS call); `close` awaits it."""
         task = asyncio.ensure_future(asyncio.to_thread(destroy_shard_group, group))
         self._destroying.add(task)
         task.add_done_callback(self._destroying.discard)
+        if on_gone is not None:
+            task.add_done_callback(lambda _: on_gone())
 
     async def close(self) -> None:
         """Build no more and destroy every group (at shutdown), off the event loop; returns when all are gone."""
         self.closed = True
+        self._wake.set()
+        for task in list(self._build_tasks):
+            task.cancel()  # a build waiting for a node or loading removes its placement group as it stops
         for pool in self.by_model.values():
             for group in pool.groups():
                 self._destroy(group)
             pool.free.clear()
             pool.leased.clear()
-        if self._destroying:
-            await asyncio.wait(list(self._destroying))
+            pool.idle_since.clear()
+        waits = list(self._destroying) + list(self._build_tasks)
+        if waits:
+            await asyncio.wait(waits)
+
+    def describe(self, queued: Mapping[str, int]) -> dict[str, PoolDescription]:
+        """Every model's pool (bounds, target, queue and each group's state, node and session)."""
+        return {m: p.describe(queued.get(m, 0)) for m, p in self.by_model.items()}
 
     def group_workers(self, group_id: str) -> list[Any]:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""
@@ -152,38 +422,3 @@ class Pools:
                 if group.group_id == group_id:
                     return list(group.workers)
         raise ValueError(f"group_id {group_id!r}: no such shard group")
-
-    async def _build(self, model: str) -> None:
-        pool = self.by_model[model]
-        spec = pool.spec
-        pool.building += 1
-        try:
-            while not self.closed:
-                try:
-                    async with self._path_lock:  # one writer of a preset checkpoint, however many groups build
-                        if pool.model_path is None:
-                            pool.model_path = await asyncio.to_thread(resolve_model_path, spec, self.config.cache_dir)
-                    group = await create_shard_group(
-                        shard_group_id(self.config.app_name, model, uuid.uuid4().hex[:8]),
-                        pool.model_path,
-                        tp_size=spec.tp_size,
-                        device=spec.device,
-                        dtype=spec.dtype,
-                        cpus_per_worker=spec.cpus_per_worker,
-                        overrides=spec.pipeline_overrides(),
-                    )
-                except Exception as exc:  # noqa: BLE001 - keep trying: a group is capacity
-                    pool.failed_builds += 1
-                    pool.last_error = f"{type(exc).__name__}: {exc}"
-                    logger.error("building a shard group for %s failed: %s", model, pool.last_error)
-                    await asyncio.sleep(REBUILD_BACKOFF_S)
-                    continue
-                if self.closed:
-                    await asyncio.to_thread(destroy_shard_group, group)
-                    return
-                logger.info("shard group %s is warm", group.group_id)
-                pool.free.append(group)
-                return
-        finally:
-            pool.building -= 1
-            self._on_slot(model)

@@ -28,6 +28,7 @@ from deployments.protocol import (
     Admission,
     CommandQueued,
     NoCapacity,
+    PoolDescription,
     QueuedCommandsFull,
     QuotaExceeded,
     RegistryStats,
@@ -69,7 +70,7 @@ class SessionRegistry(RegistryReaders):
         self._shutting_down = False
         self._watching = False
         self._tasks: set[asyncio.Future] = set()
-        self.pools = Pools(config, self._spawn, self._admit_waiting)
+        self.pools = Pools(config, self._spawn, self._admit_waiting, queued=lambda m: len(self.queues[m]))
         self.spares = SpareActors(config, self.name, self._spawn)
         self._spare_of: dict[str, Any] = {}
         """Admitted session id -> the spare actor it takes (until its start)."""
@@ -176,6 +177,7 @@ class SessionRegistry(RegistryReaders):
                 raise SessionStartFailed(f"session: session could not start: {rec.end_reason}", retry_after_s=retry)
             return Admission(SessionStatus.ACTIVE, rec.public())
         queue.append(sid)
+        self.pools.rebalance(model)  # a queued session may grow the pool (within max_groups)
         return Admission(SessionStatus.QUEUED, rec.public(len(queue)), position=len(queue))
 
     def _admit_waiting(self, model: str) -> None:
@@ -186,6 +188,7 @@ class SessionRegistry(RegistryReaders):
             if rec is None or rec.status is not SessionStatus.QUEUED:
                 continue
             self._starting(rec)
+            self.pools.claim(model, rec.session_id)  # its lease runs in the launch task: keep the slot from being offered twice
             self._spawn(self._launch(rec))
             self._notify_status()
 
@@ -324,6 +327,7 @@ class SessionRegistry(RegistryReaders):
         if rec.status is SessionStatus.QUEUED:
             if session_id in self.queues[rec.model]:
                 self.queues[rec.model].remove(session_id)
+                self.pools.rebalance(rec.model)
             self.sessions.pop(session_id, None)
             self.pending.pop(session_id, None)
             rec.end(reason)
@@ -340,6 +344,10 @@ class SessionRegistry(RegistryReaders):
             await self.session_finished(session_id, reason, None)
         rec = self.ended.get(session_id) or rec
         return rec.public()
+
+    async def describe_pools(self) -> dict[str, PoolDescription]:
+        """Every model's pool: bounds, target, queue, and each group's state, node and session (admin API)."""
+        return self.pools.describe({m: len(q) for m, q in self.queues.items()})
 
     async def group_workers(self, group_id: str) -> list:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 class ShardGroupError(RuntimeError):
     """A rank of the shard group died or failed; the group must be rebuilt."""
+
+
+class PlacementTimeout(TimeoutError):
+    """A new group's placement group found no node for its bundles in time (it was removed)."""
 
 
 @dataclass
@@ -67,6 +72,10 @@ class ShardWorker:
             s.bind(("", 0))
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
+
+    def node_id(self) -> str:
+        """Ray id (hex) of the node this rank runs on (rank 0's is the group's node)."""
+        return ray.get_runtime_context().get_node_id()
 
     def setup(self, master_addr: str, master_port: int, model_path: str, dtype: str, device: str, overrides: dict) -> dict:
         """Join the process group (collective: all ranks at once) and load this rank's shard."""
@@ -144,20 +153,56 @@ class ShardGroup:
     workers: list[Any]
     geometry: dict
     pg: PlacementGroup | None = field(default=None, repr=False)
+    node_id: str | None = None
+    """Ray node id (hex) of rank 0; every rank is on it (STRICT_PACK)."""
+    warmup_s: float | None = None
+    """Placement group ready -> model loaded on every rank."""
+
+
+def group_bundle(cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:
+    """One rank's placement-group bundle (Ray refuses an empty one: a token CPU then)."""
+    bundle = {"CPU": cpus_per_worker} if cpus_per_worker else {}
+    if gpus_per_worker:
+        bundle["GPU"] = gpus_per_worker
+    return bundle or {"CPU": 0.01}
 
 
 async def create_shard_group(
-    group_id: str, model_path: str, *, tp_size: int, device: str, dtype: str, cpus_per_worker: float, overrides: dict
+    group_id: str,
+    model_path: str,
+    *,
+    tp_size: int,
+    device: str,
+    dtype: str,
+    cpus_per_worker: float,
+    overrides: dict,
+    gpus_per_worker: float | None = None,
+    node_hint: str | None = None,
+    placement_timeout_s: float | None = None,
+    on_placed: Callable[[str], None] | None = None,
 ) -> ShardGroup:
-    """Reserve the placement group, start the ranks, rendezvous them and load the model."""
-    bundle = {"CPU": cpus_per_worker} if cpus_per_worker else {}
-    if device == "cuda":
-        bundle["GPU"] = 1
-    if not bundle:
-        bundle = {"CPU": 0.01}
-    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=placement_group_name(group_id))
+    """Reserve the placement group, start the ranks, rendezvous them and load the model.
+
+    The group's bundles are STRICT_PACK (one node, never spanning two); `node_hint` is a
+    soft preference for that node (Ray places it elsewhere when the node is full or gone,
+    and a pending group still makes the autoscaler add a node). Raises PlacementTimeout
+    when no node takes the bundles within `placement_timeout_s`. `on_placed(node_id)` is
+    called once rank 0 runs, before the model loads.
+    """
+    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if device == "cuda" else 0.0)
+    bundle = group_bundle(cpus_per_worker, gpus)
+    pg = placement_group(
+        [dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=placement_group_name(group_id),
+        _soft_target_node_id=node_hint,
+    )
     try:
-        await pg.ready()
+        try:
+            await asyncio.wait_for(_await(pg.ready()), placement_timeout_s)
+        except TimeoutError:
+            raise PlacementTimeout(
+                f"group {group_id}: no node took its {tp_size} bundles of {bundle} within {placement_timeout_s:.0f}s"
+            ) from None
+        ready_at = time.monotonic()
         workers = [
             ShardWorker.options(
                 num_cpus=bundle.get("CPU", 0),
@@ -166,12 +211,16 @@ async def create_shard_group(
             ).remote(i, tp_size, group_id)
             for i in range(tp_size)
         ]
-        master_addr, master_port = await workers[0].address.remote()
+        (master_addr, master_port), node_id = await _gather([workers[0].address.remote(), workers[0].node_id.remote()])
+        if on_placed is not None:
+            on_placed(node_id)
         geometries = await _gather([w.setup.remote(master_addr, master_port, model_path, dtype, device, overrides) for w in workers])
     except BaseException:
         await asyncio.to_thread(remove_placement_group, pg)  # a GCS round trip: off the registry's loop
         raise
-    return ShardGroup(group_id=group_id, workers=workers, geometry=geometries[0], pg=pg)
+    warmup_s = time.monotonic() - ready_at
+    logger.info("group %s warm on node %s in %.1fs (placement group ready -> loaded)", group_id, node_id, warmup_s)
+    return ShardGroup(group_id=group_id, workers=workers, geometry=geometries[0], pg=pg, node_id=node_id, warmup_s=warmup_s)
 
 
 async def _gather(refs: list) -> list:
