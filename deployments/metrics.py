@@ -57,7 +57,7 @@ class FrontDoorMetrics:
         )
         self.scale_events = Gauge(
             "helios_pool_events", "Pool events since the registry started (scale_up, scale_down, placement_timeout, failed_build)",
-            ["model", "event"], registry=r,
+            ["model", "counter"], registry=r,
         )
         self.fps = Gauge(
             "helios_effective_fps", "Frames per second the active sessions of a model produce (min, mean, max)", ["model", "stat"], registry=r

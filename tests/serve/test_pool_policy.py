@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import ModelSpec
+from deployments.config import ModelSpec, ServingConfig
+from deployments.metrics import FrontDoorMetrics
+from deployments.protocol import SessionRecord, SessionStatus
 from deployments.pool_policy import ScalingPolicy, pick_node
 
 POLICY = ScalingPolicy(min_groups=1, max_groups=4, headroom=1, scale_down_delay_s=10.0)
@@ -99,3 +104,68 @@ def test_pick_node_prefers_the_node_with_fewest_of_our_groups_that_has_room():
     full = {"n1": {"CPU": 4, "GPU": 8}, "n2": {"CPU": 4, "GPU": 8}}
     assert pick_node(totals, full, {"n1": 2, "n2": 2}, need) is None  # no room anywhere: no hint (Ray decides)
     assert pick_node(totals, {"n1": {"GPU": 8}}, {"n1": 1, "n2": 3}, need) == "n2"  # n1 is full
+
+
+# ---- the registry's view of its pools, and the pool gauges (no cluster: plain slots only) -------------
+def _registry(**extra):
+    from deployments.registry import SessionRegistry
+
+    cfg = ServingConfig.model_validate({
+        "models": {"test-pattern": {"kind": "test-pattern", "pool_size": 1, "max_groups": 2}},
+        "tenants": [{"name": "t", "api_keys": ["k" * 20]}],
+        "queue_size": 4,
+        **extra,
+    })
+    return SessionRegistry(cfg)
+
+
+def test_describe_pools_lists_slots_with_their_sessions_and_the_queue():
+    async def run():
+        reg = _registry()
+        reg.pools.start()
+        reg.pools.lease("test-pattern", "s1")
+        reg.queues["test-pattern"].append("s2")
+        return await reg.describe_pools()
+
+    desc = asyncio.run(run())["test-pattern"]
+    assert (desc.min_groups, desc.max_groups, desc.target, desc.queued) == (2, 2, 2, 1)  # max_groups slots
+    assert sorted((g.state, g.session_id) for g in desc.groups) == [("free", None), ("leased", "s1")]
+    assert all(g.group_id is None and g.node_id is None for g in desc.groups)
+    as_json = dataclasses.asdict(desc)
+    assert set(as_json) == {"min_groups", "max_groups", "target", "queued", "groups"}
+    assert set(as_json["groups"][0]) == {"group_id", "state", "node_id", "session_id"}
+
+
+def test_admitting_from_the_queue_never_offers_one_free_slot_twice():
+    """Two queued sessions, one free slot: only one leaves the queue (its lease runs later, in its launch task)."""
+    async def run():
+        reg = _registry()
+        reg.pools.start()
+        reg.pools.lease("test-pattern", "busy")
+        for sid in ("a" * 32, "b" * 32):
+            reg.sessions[sid] = SessionRecord(sid, "t", "test-pattern", "tok", None, "x")
+            reg.queues["test-pattern"].append(sid)
+        launches = []
+        reg._spawn = launches.append  # the launches themselves need a cluster: only count them
+        reg._admit_waiting("test-pattern")
+        for coro in launches:
+            coro.close()
+        return len(launches), [reg.sessions[s].status for s in ("a" * 32, "b" * 32)], list(reg.queues["test-pattern"])
+
+    launches, statuses, queue = asyncio.run(run())
+    assert launches == 1 and statuses == [SessionStatus.STARTING, SessionStatus.QUEUED] and queue == ["b" * 32]
+
+
+def test_metrics_show_target_warmup_and_scale_events():
+    stats = {"models": {"m1": {"free": 1, "leased": 2, "building": 1, "queued": 1, "failed_builds": 0, "last_error": None,
+                               "ready": True, "target": 4, "scale_ups": 3, "scale_downs": 1, "placement_timeouts": 2,
+                               "warmup_last_s": 12.5, "warmup_mean_s": 10.0}},
+             "sessions": {}, "counters": {}, "tenants": {}}
+    text = FrontDoorMetrics().render(stats, []).decode()
+    for line in ('helios_shard_groups{model="m1",state="building"} 1.0', 'helios_pool_target_groups{model="m1"} 4.0',
+                 'helios_pool_warmup_seconds{model="m1",stat="last"} 12.5',
+                 'helios_pool_warmup_seconds{model="m1",stat="mean"} 10.0',
+                 'helios_pool_events{counter="scale_up",model="m1"} 3.0',
+                 'helios_pool_events{counter="scale_down",model="m1"} 1.0',
+                 'helios_pool_events{counter="placement_timeout",model="m1"} 2.0'):
+        assert line in text, line
