@@ -100,9 +100,11 @@ class ModelPool:
     def ready(self) -> bool:
         """At least one slot built (free or leased): a session is admitted now or as soon as one ends.
 
-        Readiness, not warmth: `warm()` waits for every slot, this for the first one.
+        Readiness, not warmth: `warm()` waits for every slot, this for the first one. A pool
+        that may be empty when idle (min_groups 0, headroom 0) is ready empty: a session
+        queues and its group is built.
         """
-        return bool(self.free or self.leased)
+        return bool(self.free or self.leased) or self.target(0) == 0
 
     def stats(self, queued: int) -> PoolStats:
         w = self.warmups_s

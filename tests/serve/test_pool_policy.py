@@ -169,3 +169,11 @@ def test_metrics_show_target_warmup_and_scale_events():
                  'helios_pool_events{counter="scale_down",model="m1"} 1.0',
                  'helios_pool_events{counter="placement_timeout",model="m1"} 2.0'):
         assert line in text, line
+
+
+def test_a_pool_that_may_be_empty_when_idle_is_ready_empty():
+    from deployments.pools import ModelPool
+
+    scale_to_zero = ModelPool(ModelSpec(kind="helios", preset="tiny", min_groups=0, max_groups=2, headroom=0))
+    assert scale_to_zero.ready() and scale_to_zero.target(queued=1) == 1
+    assert not ModelPool(ModelSpec(kind="helios", preset="tiny", min_groups=0, max_groups=2)).ready()  # headroom 1: wait for it
