@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 API_KEYS_ENV = "HELIOS_API_KEYS"
 """Environment variable with extra keys, `tenant:key,tenant:key`."""
 
+ADMIN_KEYS_ENV = "HELIOS_ADMIN_KEYS"
+"""Environment variable with extra admin keys, `key,key` (the admin API, /v1/admin/...)."""
+
 
 TINY_STREAM = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
 """Stream settings of the tiny preset (the tiny checkpoint's own default is the full 384x640)."""
@@ -157,6 +160,13 @@ class QuotaSpec(_Strict):
     )
 
 
+def _check_digests(digests: list[str], name: str) -> list[str]:
+    for i, d in enumerate(digests):
+        if not re.fullmatch(r"[0-9a-f]{64}", d):
+            raise ValueError(f"{name}[{i}]: not a lowercase hex SHA-256 digest (64 characters)")
+    return digests
+
+
 class TenantSpec(_Strict):
     """A tenant: its API keys and quota."""
 
@@ -171,10 +181,7 @@ class TenantSpec(_Strict):
     @field_validator("api_key_digests")
     @classmethod
     def _hex(cls, digests: list[str]) -> list[str]:
-        for i, d in enumerate(digests):
-            if not re.fullmatch(r"[0-9a-f]{64}", d):
-                raise ValueError(f"api_key_digests[{i}]: not a lowercase hex SHA-256 digest (64 characters)")
-        return digests
+        return _check_digests(digests, "api_key_digests")
     quota: QuotaSpec | None = Field(None, description="Limits; the config's `default_quota` when absent.")
 
 
@@ -207,6 +214,14 @@ class ServingConfig(_Strict):
     default_model: str | None = Field(None, description="Model used when a request names none (first model if unset).")
     tenants: list[TenantSpec] = Field(default_factory=list, description="Tenants and keys (merged with HELIOS_API_KEYS).")
     default_quota: QuotaSpec = Field(default_factory=QuotaSpec, description="Quota of tenants that set none.")
+    admin_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer keys of the admin API (/v1/admin/...; merged with HELIOS_ADMIN_KEYS); no tenant key works there. "
+        "None configured: the admin API refuses every key.",
+    )
+    admin_key_digests: list[str] = Field(
+        default_factory=list, description="SHA-256 (hex) of further admin keys (the running server keeps digests only, as for tenants)."
+    )
     queue_size: int = Field(4, ge=0, description="Sessions that may wait per model for a free group; beyond: 429.")
     max_queued_commands: int = Field(
         32, ge=0, description="Set-up commands a queued session keeps for its admission (applied in order); beyond: 429."
@@ -284,6 +299,20 @@ class ServingConfig(_Strict):
             for d in {key_digest(k.get_secret_value()) for k in t.api_keys} | set(t.api_key_digests):
                 if owner.setdefault(d, t.name) != t.name:
                     raise ValueError(f"tenants: one API key is mapped to two tenants ({owner[d]!r} and {t.name!r})")
+        for i, k in enumerate(self.admin_keys):
+            if len(k.get_secret_value()) < self.min_api_key_chars:
+                raise ValueError(
+                    f"admin_keys[{i}] (config admin_keys first, then {ADMIN_KEYS_ENV}) is shorter than min_api_key_chars "
+                    f"({self.min_api_key_chars})"
+                )
+        for d in self.admin_digests():
+            if d in owner:
+                raise ValueError(f"admin_keys: an admin key is also an API key of tenant {owner[d]!r}; use separate keys")
+
+    @field_validator("admin_key_digests")
+    @classmethod
+    def _admin_hex(cls, digests: list[str]) -> list[str]:
+        return _check_digests(digests, "admin_key_digests")
 
     @field_validator("recording_uri")
     @classmethod
@@ -320,13 +349,17 @@ class ServingConfig(_Strict):
             (d, t.name) for t in self.tenants for d in t.api_key_digests
         ]
 
+    def admin_digests(self) -> list[str]:
+        """SHA-256 hex digests of every admin key (the admin authenticator's table)."""
+        return sorted({key_digest(k.get_secret_value()) for k in self.admin_keys} | set(self.admin_key_digests))
+
     def with_hashed_keys(self) -> "ServingConfig":
         """A copy holding only key digests: what the front door and the registry run with."""
         tenants = [
             t.model_copy(update={"api_keys": [], "api_key_digests": sorted({d for d, n in self.digest_table() if n == t.name})})
             for t in self.tenants
         ]
-        return self.model_copy(update={"tenants": tenants})
+        return self.model_copy(update={"tenants": tenants, "admin_keys": [], "admin_key_digests": self.admin_digests()})
 
 
 def parse_api_keys_env(value: str) -> list[tuple[str, str]]:
@@ -342,18 +375,25 @@ def parse_api_keys_env(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_admin_keys_env(value: str) -> list[str]:
+    """`key,key` -> [key] (blanks skipped)."""
+    return [k.strip() for k in value.split(",") if k.strip()]
+
+
 def with_env_keys(config: ServingConfig, env: dict[str, str] | None = None) -> ServingConfig:
-    """Merge HELIOS_API_KEYS into the tenants (new tenants get the default quota)."""
+    """Merge HELIOS_API_KEYS into the tenants (new tenants get the default quota) and HELIOS_ADMIN_KEYS into admin_keys."""
     env = os.environ if env is None else env
     raw = env.get(API_KEYS_ENV, "").strip()
-    if not raw:
+    raw_admin = env.get(ADMIN_KEYS_ENV, "").strip()
+    if not raw and not raw_admin:
         return config
     tenants = {t.name: t.model_copy(deep=True) for t in config.tenants}
     for tenant, key in parse_api_keys_env(raw):
         spec = tenants.setdefault(tenant, TenantSpec(name=tenant))
         spec.api_keys.append(SecretStr(key))
-    # Validated again: the env's keys obey the same rules (length, one tenant per key).
-    return ServingConfig.model_validate({**dict(config), "tenants": list(tenants.values())})
+    admin = [*config.admin_keys, *(SecretStr(k) for k in parse_admin_keys_env(raw_admin))]
+    # Validated again: the env's keys obey the same rules (length, one tenant per key, admin keys apart).
+    return ServingConfig.model_validate({**dict(config), "tenants": list(tenants.values()), "admin_keys": admin})
 
 
 def ensure_some_key(config: ServingConfig) -> tuple[ServingConfig, str | None]:

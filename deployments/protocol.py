@@ -52,6 +52,8 @@ class SessionRecord:
     """Place in the model's queue (1 = next) in copies handed out while queued."""
     token_issued_at: float = dc_field(default_factory=time.time)
     """When `viewer_token` was made (at creation, then at each rotation)."""
+    node_id: str | None = None
+    """Ray node of the session actor, once it started (GET /v1/admin/sessions)."""
 
     def token_expires_at(self, grace_s: float, ttl_s: float | None = None) -> float | None:
         """When the viewer token stops working: `grace_s` after the session ended, or `ttl_s`
@@ -184,6 +186,8 @@ class SessionStarted:
 
     session_id: str
     geometry: dict[str, Any]
+    node_id: str | None = None
+    """The Ray node the session actor runs on (the admin API shows it)."""
 
 
 class PoolStats(TypedDict):
@@ -355,6 +359,10 @@ class ViewerTokenExpired(ViewerTokenRejected):
 
 class ApiKeyInQuery(Unauthorized, field="token"):
     """An API key sent in the query string (`?api_key=`, or as `?token=`): refused, never used."""
+
+
+class AdminOnly(ServeError, field="authorization"):
+    """A valid key that is not an admin key (a tenant's) on the admin API."""
 
 
 class OriginNotAllowed(ServeError, field="origin"):

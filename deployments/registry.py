@@ -250,13 +250,13 @@ class SessionRegistry(RegistryReaders):
         try:
             if actor is not None:  # a spare, already up: it becomes this session
                 try:
-                    await actor.start.remote(pending, assignment)
+                    started = await actor.start.remote(pending, assignment)
                 except ray.exceptions.RayActorError as exc:  # it died while parked: start a new actor instead
                     logger.warning("spare actor of session %s is gone (%s): starting a new one", rec.session_id, exc)
                     actor = None
             if actor is None:
                 actor = create_session_actor(session_actor_args(self.config, self.name, rec.session_id, rec.model, assignment))
-                await actor.start.remote(pending)
+                started = await actor.start.remote(pending)
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
             self.counters["sessions_failed"] += 1
@@ -264,6 +264,7 @@ class SessionRegistry(RegistryReaders):
             if actor is not None:
                 ray.kill(actor, no_restart=True)
             return False
+        rec.node_id = started.node_id
         if rec.status is SessionStatus.STARTING:
             rec.status = SessionStatus.ACTIVE
         self._spawn(self._start_recording(rec.session_id))
@@ -301,6 +302,10 @@ class SessionRegistry(RegistryReaders):
         if rec is None:
             return None
         return rec.public(self._position(rec))
+
+    async def list_sessions(self) -> list[SessionRecord]:
+        """Every live session of every tenant (queued ones with their position): the admin API."""
+        return [r.public(self._position(r)) for r in self.sessions.values()]
 
     async def wait_admitted(self, session_id: str, timeout_s: float) -> SessionRecord | None:
         """Long poll: the record once the session is no longer queued, or after `timeout_s` (record as it is).

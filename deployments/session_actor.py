@@ -155,7 +155,7 @@ class SessionActor:
         finally:
             self._ready.set()
         self._watch_task = asyncio.ensure_future(self._watch())
-        return SessionStarted(self.session_id, self._geometry())
+        return SessionStarted(self.session_id, self._geometry(), node_id=ray.get_runtime_context().get_node_id())
 
     def _build(self) -> None:
         built = self.model_factory(self.group, int(self.seed) if self.seed is not None else 0)

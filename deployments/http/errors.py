@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.protocol import (
+    AdminOnly,
     BadCommand,
     BadDirective,
     BodyTooLarge,
@@ -52,6 +53,7 @@ STATUS: dict[type[ServeError], int] = {
     BadCommand: 422,
     Unauthorized: 401,
     OriginNotAllowed: 403,
+    AdminOnly: 403,
     NotFound: 404,
     SessionQueued: 409,
     SessionEnded: 409,

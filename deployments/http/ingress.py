@@ -15,7 +15,7 @@ from ray import serve
 
 from deployments.auth import Authenticator
 from deployments.config import ServingConfig
-from deployments.http import routes_hls, routes_ops, routes_sessions, routes_streams
+from deployments.http import routes_admin, routes_hls, routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
 from deployments.http.hls_players import HlsPlayers
 from deployments.http.headers import Cors, SecurityHeaders
@@ -45,18 +45,21 @@ install_error_handlers(app)
 app.add_middleware(BodyLimit, limit_of=lambda: _replica_config().max_body_bytes)
 app.add_middleware(Cors, origins_of=lambda: _replica_config().cors_allowed_origins)
 app.add_middleware(SecurityHeaders)
-for _routes in (routes_sessions, routes_streams, routes_hls, routes_ops):
+for _routes in (routes_sessions, routes_streams, routes_hls, routes_ops, routes_admin):
     app.include_router(_routes.router)
 
 
 @serve.deployment
 @serve.ingress(app)
-class FrontDoor(routes_sessions.SessionRoutes, routes_streams.StreamRoutes, routes_hls.HlsRoutes, routes_ops.OpsRoutes):
+class FrontDoor(
+    routes_sessions.SessionRoutes, routes_streams.StreamRoutes, routes_hls.HlsRoutes, routes_ops.OpsRoutes, routes_admin.AdminRoutes
+):
     """HTTP API of docs/http-api.md."""
 
     def __init__(self, config: ServingConfig, relay: Any):
         self.config = config
         self.auth = Authenticator(config.digest_table())
+        self.admin_auth = routes_admin.admin_authenticator(config.admin_digests())
         self.relay = relay
         self.metrics = FrontDoorMetrics()
         self.registry = get_or_create_registry(config)

@@ -128,3 +128,50 @@ class Readiness(BaseModel):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per model: free, leased, building, queued, ready, ...")
     not_ready: list[str] = Field(default_factory=list, description="Models without a warm group yet (or all, while shutting down).")
     detail: str | None = Field(None, description="Why not ready, naming the models.")
+
+
+class AdminSession(BaseModel):
+    """One live session in GET /v1/admin/sessions (any tenant's; no viewer token)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    session_id: str
+    tenant: str
+    model: str
+    status: Literal["queued", "active"]
+    position: int | None = Field(None, description="Place in its model's queue (1 = next) while queued.")
+    created_at: float = Field(..., description="Unix time the session was created.")
+    group_id: str | None = Field(None, description="Its shard group (null while queued, or for a model without groups).")
+    node_id: str | None = Field(None, description="Ray node of the session actor (null until it started).")
+    group_node_id: str | None = Field(None, description="Ray node of its shard group (a group never spans nodes).")
+
+
+class AdminSessions(BaseModel):
+    """GET /v1/admin/sessions."""
+
+    sessions: list[AdminSession]
+
+
+class AdminGroup(BaseModel):
+    """One shard group (or test-pattern slot) of a pool in GET /v1/admin/pool."""
+
+    group_id: str | None = Field(..., description="Null for a slot of a model without shard groups (test-pattern).")
+    state: Literal["building", "free", "leased", "broken"]
+    node_id: str | None = Field(None, description="Ray node the group's workers run on (null while building).")
+    session_id: str | None = Field(None, description="The session leasing it (state 'leased').")
+
+
+class AdminPool(BaseModel):
+    """One model's pool in GET /v1/admin/pool."""
+
+    min_groups: int
+    max_groups: int
+    target: int = Field(..., description="Groups the pool aims to hold now (leased + the free headroom), within min..max.")
+    queued: int = Field(..., description="Sessions waiting for a group of this model.")
+    groups: list[AdminGroup]
+
+
+class AdminPools(BaseModel):
+    """GET /v1/admin/pool."""
+
+    models: dict[str, AdminPool]

@@ -19,6 +19,8 @@ from tests.conftest import DIRECT_INGRESS
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789",
         "dave": "dave-key-0123456789"}
+ADMIN_KEY = "admin-key-0123456789"
+"""The served test app's admin key (admin_keys): GET /v1/admin/..."""
 APP_NAME = "helios"
 MAX_VIEWERS = 8
 VIEWER_STALL_TIMEOUT_S = 20.0
@@ -38,6 +40,7 @@ def serving_config(tiny_path: str):
         {
             "app_name": APP_NAME,
             "recording_uri": f"file://{recording_folder(tiny_path)}",
+            "admin_keys": [ADMIN_KEY],
             "default_model": "helios-tiny",
             "models": {
                 "helios-tiny": {"kind": "helios", "path": tiny_path, "tp_size": 2, "pool_size": 2, "cpus_per_worker": 0.25,
@@ -90,6 +93,9 @@ class Served:
 
     def headers(self, tenant: str = "alice") -> dict:
         return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+    def admin_headers(self) -> dict:
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     def create(self, tenant: str = "alice", **body) -> httpx.Response:
         return self.http.post("/v1/sessions", json=body, headers=self.headers(tenant))
