@@ -32,6 +32,7 @@ CASES = [
     (P.ApiKeyInQuery("token: that is an API key, and API keys are not accepted in the query string"), 401, "token"),
     (P.ApiKeyInQuery("api_key: API keys are not accepted in the query string", field="api_key"), 401, "api_key"),
     (P.OriginNotAllowed("origin: 'https://evil.example' may not call this API from a browser (cors_allowed_origins)"), 403, "origin"),
+    (P.AdminOnly("authorization: a tenant's API key does not open the admin API; send an admin key (admin_keys)"), 403, "authorization"),
     (P.InvalidPath("path: '..' is not a static file name"), 400, "path"),
     (P.SessionNotFound("session_id: no session 'abc'"), 404, "session_id"),
     (P.RecordingNotFound("recording: no recording for session 'abc' yet"), 404, "recording"),
@@ -54,6 +55,7 @@ CASES = [
     (P.ShuttingDown("server: the server is shutting down", retry_after_s=5), 503, "server"),
     (P.SessionStartFailed("session: session could not start: boom", retry_after_s=5), 503, "session"),
     (P.RelayUnavailable("stream: relay failed (RuntimeError: x)"), 503, "stream"),
+    (P.RecordingUnavailable("recording: the recording store RecordingStorage('s3://b/r') failed: timeout", retry_after_s=5), 503, "recording"),
     (P.CommandTimeout("command: no ack within 30s"), 504, "command"),
 ]
 
@@ -116,7 +118,9 @@ def test_every_protocol_error_is_mapped():
     errors = [c for _, c in inspect.getmembers(P, inspect.isclass) if issubclass(c, ServeError) and c is not ServeError]
     assert {type(c[0]) for c in CASES} == set(errors), "a protocol error without a case here"
     for cls in errors:
-        assert status_of(cls("x")) < 500 or cls in (P.ShuttingDown, P.SessionStartFailed, P.RelayUnavailable, P.CommandTimeout, P.PlaylistNotReady), cls
+        assert status_of(cls("x")) < 500 or cls in (
+            P.ShuttingDown, P.SessionStartFailed, P.RelayUnavailable, P.CommandTimeout, P.PlaylistNotReady, P.RecordingUnavailable
+        ), cls
     assert status_of(ServeError("unmapped")) == 500
 
 
