@@ -24,13 +24,14 @@ pytestmark = pytest.mark.e2e
 TINY = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
 
 
-def config(tiny_path, **tiny_fields) -> ServingConfig:
+def config(tiny_path, top: dict | None = None, **tiny_fields) -> ServingConfig:
+    """helios-tiny (TP=1, with `tiny_fields`) and a 2-slot test-pattern; `top`: more top-level settings."""
     models = {
         "helios-tiny": {"kind": "helios", "path": str(tiny_path), "tp_size": 1, "cpus_per_worker": 0.25, "options": TINY,
                         **tiny_fields},
         "test-pattern": {"kind": "test-pattern", "pool_size": 2},
     }
-    return ServingConfig.model_validate({"app_name": "pool-test", "models": models})
+    return ServingConfig.model_validate({"app_name": "pool-test", "models": models, **(top or {})})
 
 
 class Harness:
@@ -178,3 +179,45 @@ def test_a_group_waiting_for_a_node_blocks_no_other_build_and_times_out_logged(r
         assert pending == []  # close removed the waiting placement group
 
     run(scenario())
+
+
+def test_the_registry_grows_the_pool_for_a_queued_session_admits_it_and_shrinks_back(ray_cluster, tiny_pipeline_dir):
+    """Through the registry actor: a second session queues, the pool builds a group for it, the session is
+    admitted on it; both end and the pool goes back to min_groups after the idle delay."""
+    from deployments.protocol import SessionStatus
+    from deployments.registry import get_or_create_registry
+    from tests.serve.conftest import wait_for
+
+    delay = 2.0
+    top = {"app_name": "pool-registry", "tenants": [{"name": "t", "api_keys": ["t-key-0123456789abcdef"]}],
+           "queue_size": 2, "spare_session_actors": 0, "session_linger_s": 0}
+    cfg = config(tiny_pipeline_dir, top, min_groups=1, max_groups=2, headroom=0, scale_down_delay_s=delay)
+    registry = get_or_create_registry(cfg)
+    try:
+        ray.get(registry.wait_warm.remote(300), timeout=330)
+        first = ray.get(registry.create_session.remote("t", "helios-tiny", None), timeout=120)
+        assert first.status is SessionStatus.ACTIVE
+        queued_at = time.monotonic()
+        second = ray.get(registry.create_session.remote("t", "helios-tiny", None), timeout=60)
+        assert second.status is SessionStatus.QUEUED and second.position == 1
+        sid = second.session.session_id
+        wait_for(lambda: ray.get(registry.get_session.remote(sid)).status is SessionStatus.ACTIVE, 300, "the queued session admitted")
+        admitted_s = time.monotonic() - queued_at
+        desc = ray.get(registry.describe_pools.remote())["helios-tiny"]
+        assert sorted((g.state, g.session_id) for g in desc.groups) == sorted(
+            [("leased", first.session.session_id), ("leased", sid)])
+        assert desc.target == 2 and desc.queued == 0
+        stats = ray.get(registry.stats.remote())["models"]["helios-tiny"]
+        assert stats["scale_ups"] == 1 and stats["warmup_last_s"] > 0
+        ending_at = time.monotonic()  # the first group is free from its release on, during this call
+        for s in (first.session.session_id, sid):
+            ray.get(registry.end_session.remote(s), timeout=120)
+        wait_for(lambda: ray.get(registry.stats.remote())["models"]["helios-tiny"]["scale_downs"] == 1, 60,
+                 "one idle group destroyed")
+        shrunk_s = time.monotonic() - ending_at
+        assert [g.state for g in ray.get(registry.describe_pools.remote())["helios-tiny"].groups] == ["free"]
+        print(f"\nregistry: queued -> admitted {admitted_s:.1f}s (warm-up {stats['warmup_last_s']:.1f}s), "
+              f"first end asked -> scaled down {shrunk_s:.1f}s (scale_down_delay_s {delay})")
+        assert delay <= shrunk_s < delay + 60  # not before the delay (its clock starts at the release, inside the call)
+    finally:
+        ray.get(registry.shutdown.remote(exit_actor=True), timeout=120)
