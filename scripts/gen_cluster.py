@@ -173,9 +173,11 @@ def make_plan(values: ClusterValues, root: Path = REPO_ROOT) -> Plan:
             raise ValueError(f"models.{name}: path {m.path!r} is not under weights.mount_path {values.weights.mount_path!r}")
         if gpu.gpus % m.tp_size:
             raise ValueError(f"models.{name}: tp_size {m.tp_size} does not divide gpu_group.gpus {gpu.gpus} (a group never spans nodes)")
-    need = sum(m.pool_size * m.tp_size for m in helios.values())
+    need = sum(m.group_bounds()[1] * m.tp_size * m.worker_gpus() for m in helios.values())
     if need > gpu.max_nodes * gpu.gpus:
-        raise ValueError(f"warm pools need {need} GPUs; gpu_group holds at most {gpu.max_nodes * gpu.gpus} (max_nodes x gpus)")
+        raise ValueError(
+            f"pools at max_groups need {need:g} GPUs; gpu_group holds at most {gpu.max_nodes * gpu.gpus} (max_nodes x gpus)"
+        )
     replica_cpus = sum(_max_replicas(d) * d.num_cpus for d in (serving.front_door, serving.relay))
     if replica_cpus > values.serve_group.max_nodes * values.serve_group.cpu:
         raise ValueError(

@@ -299,7 +299,7 @@ def _write_case(tmp_path: Path, values: Any, edit_model: dict[str, Any]) -> Any:
         ({"path": None, "preset": "tiny"}, "needs `path` on the weights volume"),
         ({"path": "/data/Helios-Distilled"}, "is not under weights.mount_path"),
         ({"device": "cpu", "dtype": "float32"}, "device must be 'cuda'"),
-        ({"pool_size": 9}, "warm pools need 36 GPUs"),
+        ({"max_groups": 9}, "pools at max_groups need 36 GPUs"),
     ],
 )
 def test_generator_refuses_what_the_cluster_cannot_run(tmp_path: Path, values: Any, edit: dict[str, Any], message: str) -> None:
