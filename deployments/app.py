@@ -22,7 +22,7 @@ def serve_options(spec: DeploymentSpec, name: str, retry_after_s: float = 5) -> 
     """Serve `.options()` of a stateless deployment from its spec."""
     opts: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": {"num_cpus": spec.num_cpus},
+        "ray_actor_options": {"num_cpus": spec.num_cpus, **({"resources": dict(spec.resources)} if spec.resources else {})},
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
         # Over max_queued_requests Serve itself answers (plain text, not our JSON body): make it a 429.

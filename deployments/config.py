@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -198,6 +198,11 @@ class DeploymentSpec(_Strict):
     """Serve options of one deployment."""
 
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica (<= 0.5 on a 2-core laptop).")
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {'cpu_node': 0.01} to keep it on the nodes that declare one "
+        "(off the GPU nodes, whose loss must not take the front door or relay with it).",
+    )
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent requests per replica (streams are long-lived).")
     max_queued_requests: int = Field(
         128, ge=-1, description="Requests waiting for a free slot of a replica (-1: unbounded); beyond: Serve answers 429 + Retry-After."
@@ -266,6 +271,12 @@ class ServingConfig(_Strict):
         description="Origins (`https://host[:port]`) whose pages may call the API from a browser; empty: none (CORS closed); ['*']: any.",
     )
     metrics_cache_s: float = Field(5.0, ge=0, description="/metrics reuses the registry's and sessions' numbers for this long.")
+    control_plane_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources of the registry and every session actor (0 CPUs each), e.g. {'cpu_node': 0.001}: "
+        "keeps them on the nodes that declare it, so a GPU node's loss takes only the sessions whose group was there. "
+        "Empty: any node.",
+    )
     cache_dir: str = Field("~/.cache/helios-serve", description="Where preset checkpoints are generated.")
     web_dir: str | None = Field(None, description="Player page folder served at / (the repository's web/ when unset).")
     front_door: DeploymentSpec = Field(default_factory=DeploymentSpec, description="Front door (FastAPI ingress) options.")

@@ -19,8 +19,11 @@ MAX_CONCURRENCY = 1000
 """Concurrent calls per actor (long polls of every viewer of a session wait at once)."""
 
 
-def start_detached(actor_class: type, name: str, *args: Any, get_if_exists: bool = False) -> Any:
-    """The handle of a new detached actor `actor_class(*args)` named `name`; with `get_if_exists`,
+def start_detached(
+    actor_class: type, name: str, *args: Any, resources: dict[str, float], get_if_exists: bool = False
+) -> Any:
+    """The handle of a new detached actor `actor_class(*args)` named `name`, on a node that has
+    `resources` (the config's `control_plane_resources`; {}: any node); with `get_if_exists`,
     the live one of that name if there is one."""
     return (
         ray.remote(actor_class)
@@ -30,6 +33,7 @@ def start_detached(actor_class: type, name: str, *args: Any, get_if_exists: bool
             get_if_exists=get_if_exists,
             lifetime="detached",
             num_cpus=0,
+            resources=dict(resources),
             max_restarts=0,
             max_concurrency=MAX_CONCURRENCY,
             scheduling_strategy="DEFAULT",

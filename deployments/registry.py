@@ -255,7 +255,10 @@ class SessionRegistry(RegistryReaders):
                     logger.warning("spare actor of session %s is gone (%s): starting a new one", rec.session_id, exc)
                     actor = None
             if actor is None:
-                actor = create_session_actor(session_actor_args(self.config, self.name, rec.session_id, rec.model, assignment))
+                actor = create_session_actor(
+                    session_actor_args(self.config, self.name, rec.session_id, rec.model, assignment),
+                    self.config.control_plane_resources,
+                )
                 started = await actor.start.remote(pending)
         except Exception as exc:  # noqa: BLE001 - report as an ended session, never crash admission
             logger.error("session %s failed to start: %s", rec.session_id, exc)
@@ -405,4 +408,6 @@ class SessionRegistry(RegistryReaders):
 
 def get_or_create_registry(config: ServingConfig) -> Any:
     """The app's registry handle, creating it (deployments/detached.py) on first use."""
-    return start_detached(SessionRegistry, registry_actor_name(config.app_name), config, get_if_exists=True)
+    return start_detached(
+        SessionRegistry, registry_actor_name(config.app_name), config, resources=config.control_plane_resources, get_if_exists=True
+    )

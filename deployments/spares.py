@@ -49,9 +49,9 @@ def session_actor_args(
     )
 
 
-def create_session_actor(args: SessionActorArgs) -> Any:
-    """The session actor of `args`, named for its session (deployments/detached.py)."""
-    return start_detached(SessionActor, session_actor_name(args.session_id), args)
+def create_session_actor(args: SessionActorArgs, resources: dict[str, float]) -> Any:
+    """The session actor of `args`, named for its session, on a node with `resources` (deployments/detached.py)."""
+    return start_detached(SessionActor, session_actor_name(args.session_id), args, resources=resources)
 
 
 class SpareActors:
@@ -109,7 +109,9 @@ class SpareActors:
         placeholder = assignment_for(self.config, "", None, None, None)
         handle = None
         try:
-            handle = create_session_actor(session_actor_args(self.config, self.registry_name, sid, model, placeholder))
+            handle = create_session_actor(
+                session_actor_args(self.config, self.registry_name, sid, model, placeholder), self.config.control_plane_resources
+            )
             await handle.park.remote()
         except (ray.exceptions.RayError, ValueError) as exc:
             logger.warning("a spare session actor for %s did not start: %s", model, exc)

@@ -21,4 +21,6 @@ python -m pytest "$@"
 # which must be set before Ray starts: its own pytest process (docs/limits.md). Skipped above.
 if [ "$#" -eq 0 ]; then
   HELIOS_DIRECT_INGRESS=1 python -m pytest tests/serve/test_backpressure.py
+  # A local multi-node Ray cluster (ray.cluster_utils.Cluster) of its own: its own pytest process too.
+  HELIOS_MULTINODE=1 python -m pytest tests/cluster
 fi

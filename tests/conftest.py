@@ -25,6 +25,20 @@ if DIRECT_INGRESS:
     # 2-core machine Serve's 5 s readiness check of a proxy can time out and restart it.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
+MULTINODE = os.environ.get("HELIOS_MULTINODE") == "1"
+"""Run tests/cluster: a multi-node Ray cluster of its own (`ray.cluster_utils.Cluster`), so its own pytest
+process (scripts/test.sh). With it set every other test is skipped; without it tests/cluster is."""
+CLUSTER_TESTS = REPO_ROOT / "tests" / "cluster"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One Ray cluster per pytest process: the multi-node tests and the rest never run together."""
+    for item in items:
+        if (CLUSTER_TESTS in Path(str(item.path)).parents) != MULTINODE:
+            reason = ("multi-node cluster test: needs HELIOS_MULTINODE=1 (scripts/test.sh runs it in its own process)"
+                      if not MULTINODE else "HELIOS_MULTINODE=1 runs tests/cluster only")
+            item.add_marker(pytest.mark.skip(reason=reason))
+
 
 @pytest.fixture(scope="session")
 def test_output_dir() -> Path:
