@@ -5,8 +5,9 @@ own CPUs, logical GPUs and object store (DESIGN 11). The head declares no GPU an
 resource `HEAD_RESOURCE`: Serve's controller and its only proxy (`proxy_location: HeadOnly`),
 the front door and the relay (their `resources`), the registry and the session actors (the
 config's `control_plane_resources`) live on it. A shard group's bundles need a CPU share the
-head does not have after the front door and relay took theirs (and, once the pool asks for
-them, a GPU), so every group is placed on a worker node, one group per worker node.
+head does not have: `gpus_per_worker: 1` on device cpu asks each bundle for a logical GPU, so
+every group is placed on a worker node. A worker node holds two groups (4 GPUs): spreading them
+over nodes is the pool's choice, not forced by the sizes.
 
 Its own pytest process (another Ray cluster than the rest of the suite):
 `HELIOS_MULTINODE=1 pytest tests/cluster` (scripts/test.sh does it; tests/conftest.py skips
@@ -21,7 +22,7 @@ import time
 
 import pytest
 
-from tests.serve.conftest import APP_NAME, KEYS, Served, wait_for
+from tests.serve.conftest import ADMIN_KEY, APP_NAME, KEYS, Served, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,15 @@ HEAD_RESOURCE = "helios_head"
 HEAD_SHARE = 0.001
 """What each head-pinned actor asks of `HEAD_RESOURCE` (the head has 1000 of it: no limit in practice)."""
 WORKER_NODES = 3
-GPUS_PER_NODE = 2
+GPUS_PER_NODE = 4
 CPUS_PER_NODE = 1
 TP_SIZE = 2
-CPUS_PER_WORKER = 0.5
-"""A group's bundles together need 1 CPU: one group per worker node; none fits on the head (0.8 left)."""
-POOL_SIZE = 2
+CPUS_PER_WORKER = 0.25
+"""A group's two bundles: 0.5 CPU and 2 logical GPUs together, so two groups fit on a worker node."""
+MIN_GROUPS = 2
+MAX_GROUPS = 3
+SCALE_DOWN_DELAY_S = 3.0
+MODEL = "helios-tiny"
 OBJECT_STORE_BYTES = 96 * 1024 * 1024
 NODE_DEATH_S = 1.0
 """GCS health-check period (s); 3 misses mark a node dead (Ray's default is 3 s x 5)."""
@@ -47,10 +51,13 @@ def cluster_config(tiny_path: str):
     return ServingConfig.model_validate(
         {
             "app_name": APP_NAME,
-            "default_model": "helios-tiny",
+            "admin_keys": [ADMIN_KEY],
+            "default_model": MODEL,
             "models": {
-                "helios-tiny": {"kind": "helios", "path": tiny_path, "tp_size": TP_SIZE, "pool_size": POOL_SIZE,
-                                "cpus_per_worker": CPUS_PER_WORKER,
+                # headroom 0: the pool holds min_groups when idle and grows only for leased and queued sessions.
+                MODEL: {"kind": "helios", "path": tiny_path, "tp_size": TP_SIZE, "min_groups": MIN_GROUPS,
+                        "max_groups": MAX_GROUPS, "headroom": 0, "scale_down_delay_s": SCALE_DOWN_DELAY_S,
+                        "gpus_per_worker": 1, "cpus_per_worker": CPUS_PER_WORKER,
                                 "options": {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}},
                 "test-pattern": {"kind": "test-pattern", "pool_size": 1, "options": {"height": 64, "width": 96}},
             },
@@ -85,8 +92,18 @@ class MultiNode(Served):
         node = self.workers.pop(node_id)
         self.cluster.remove_node(node, allow_graceful=False)
 
-    def group_nodes(self) -> dict[str, str]:
-        """Group id -> node id of every placed shard group, from the GCS placement-group table."""
+    def admin_pool(self, model: str = MODEL) -> dict:
+        r = self.http.get("/v1/admin/pool", headers=self.admin_headers())
+        assert r.status_code == 200, r.text
+        return r.json()["models"][model]
+
+    def admin_sessions(self) -> dict[str, dict]:
+        r = self.http.get("/v1/admin/sessions", headers=self.admin_headers())
+        assert r.status_code == 200, r.text
+        return {s["session_id"]: s for s in r.json()["sessions"]}
+
+    def placement_nodes(self) -> dict[str, str]:
+        """Group id -> node id of every placed shard group, from the GCS placement-group table (not the app's word)."""
         import ray
 
         from deployments.naming import placement_group_name
@@ -100,12 +117,6 @@ class MultiNode(Served):
             assert len(nodes) == 1, f"placement group {info['name']} spans nodes {nodes}"  # STRICT_PACK
             out[info["name"][len(prefix):]] = nodes.pop()
         return out
-
-    def session_group(self, sid: str) -> str | None:
-        import ray
-
-        rec = ray.get(self.registry().get_session.remote(sid))
-        return rec.group_id if rec is not None else None
 
 
 def alive_actor_nodes() -> dict[str, set[str]]:
