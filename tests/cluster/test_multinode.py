@@ -118,3 +118,91 @@ def test_sessions_land_on_different_nodes(multinode):
         assert len({sessions[live.sid]["group_node_id"] for live in lives}) == 2, sessions
     finally:
         end_all(multinode, lives)
+
+
+def _status(multinode, sid: str, tenant: str = "alice") -> str:
+    return multinode.get(sid, tenant)["status"]
+
+
+def test_pool_grows_for_a_queued_session_and_shrinks_back(multinode):
+    """With every group leased, a third session queues; the pool builds a group (on the third node, the one
+    holding none) and admits it. Once that session ends, its group is destroyed after the idle delay, not
+    before, and the two leased groups are never touched: their sessions keep streaming."""
+    idle_pool(multinode)
+    lives = [Live(multinode, start_session(multinode)) for _ in range(MIN_GROUPS)]
+    try:
+        r = multinode.create(model=MODEL, seed=9)
+        assert r.status_code == 202, r.text  # no free group: queued, and the pool grows for it
+        queued_at = time.monotonic()
+        third = Live(multinode, r.json()["session_id"])
+        wait_for(lambda: _status(multinode, third.sid) == "active", BUILD_WAIT_S, "the queued session admitted", poll=0.1)
+        MEASURED["scale_up_queued_to_admitted_s"] = round(time.monotonic() - queued_at, 2)
+        for cmd, args in (("set_prompt", {"prompt": "a third one"}), ("start", {})):
+            assert multinode.command(third.sid, cmd, **args).status_code == 200
+        third.wait_chunks(1)
+        pool = multinode.admin_pool()
+        assert len(pool["groups"]) == MAX_GROUPS and all(g["state"] == "leased" for g in pool["groups"]), pool
+        assert len({g["node_id"] for g in pool["groups"]}) == MAX_GROUPS, f"the new group did not go to the empty node: {pool}"
+        leased = {g["group_id"] for g in pool["groups"] if g["session_id"] != third.sid}
+
+        ending_at = time.monotonic()  # its group cannot be free before its session is asked to end
+        end_all(multinode, [third])
+        wait_for(lambda: len(multinode.admin_pool()["groups"]) == MIN_GROUPS, SCALE_DOWN_DELAY_S + 120, "the pool shrunk back", poll=0.1)
+        shrunk_s = time.monotonic() - ending_at
+        MEASURED["scale_down_after_session_end_s"] = round(shrunk_s, 2)
+        MEASURED["scale_down_delay_s"] = SCALE_DOWN_DELAY_S
+        assert shrunk_s >= SCALE_DOWN_DELAY_S, f"a free group was destroyed {shrunk_s:.1f}s after its session ended (delay {SCALE_DOWN_DELAY_S}s)"
+        pool = multinode.admin_pool()
+        assert {g["group_id"] for g in pool["groups"]} == leased and all(g["state"] == "leased" for g in pool["groups"]), pool
+        shrunk_at = time.monotonic()
+        for live in lives:
+            live.wait_chunks(1, after=shrunk_at)
+    finally:
+        end_all(multinode, lives)
+    idle_pool(multinode)  # at min_groups: ending the last sessions shrinks nothing further
+
+
+def test_losing_a_worker_node_ends_only_its_sessions(multinode):
+    """Remove the node under one of two sessions: that one ends with a reason (SSE session_ended and GET), the
+    other keeps streaming, the pool is rebuilt on the remaining nodes and a new session is admitted."""
+    idle_pool(multinode)
+    lives = [Live(multinode, start_session(multinode)) for _ in range(2)]
+    try:
+        for live in lives:
+            live.wait_chunks(1)
+        sessions = multinode.admin_sessions()
+        victim, survivor = lives
+        node = sessions[victim.sid]["group_node_id"]
+        assert sessions[survivor.sid]["group_node_id"] != node, sessions
+        removed_at = time.monotonic()
+        multinode.remove_worker(node)
+        removed_s = time.monotonic() - removed_at
+
+        ended = wait_for(victim.events.ended, 120, "session_ended of the session on the lost node")
+        MEASURED["node_loss_session_ended_s"] = round(time.monotonic() - removed_at, 2)
+        assert ended.get("reason") and ended["reason"] != "deleted", ended
+        info = multinode.get(victim.sid)
+        assert info["status"] == "ended" and info["end_reason"] == ended["reason"], info
+
+        def rebuilt():
+            groups = multinode.admin_pool()["groups"]
+            return (len(groups) == MIN_GROUPS and all(g["state"] in ("free", "leased") for g in groups)
+                    and node not in {g["node_id"] for g in groups} and groups)
+
+        groups = wait_for(rebuilt, BUILD_WAIT_S, f"{MIN_GROUPS} groups again, none on the lost node", poll=0.1)
+        MEASURED["node_loss_capacity_back_s"] = round(time.monotonic() - removed_at, 2)
+        MEASURED["node_removal_call_s"] = round(removed_s, 2)
+        assert {g["node_id"] for g in groups} <= set(multinode.workers), groups
+        # The other session never stopped: chunks after the removal, and still active.
+        survivor.wait_chunks(2, after=removed_at)
+        assert survivor.events.ended() is None and _status(multinode, survivor.sid) == "active"
+        lost = set(sessions) - set(multinode.admin_sessions())
+        MEASURED["node_loss_sessions_ended"] = len(lost)
+        assert lost == {victim.sid}, lost
+        # And a new session is admitted at once on the rebuilt capacity, and streams.
+        fresh = Live(multinode, start_session(multinode))
+        lives.append(fresh)
+        fresh.wait_chunks(1)
+        assert multinode.admin_sessions()[fresh.sid]["group_node_id"] in multinode.workers
+    finally:
+        end_all(multinode, lives)
