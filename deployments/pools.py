@@ -91,7 +91,7 @@ class ModelPool:
         return self.policy.max_groups
 
     def target(self, queued: int) -> int:
-        return self.policy.target(len(self.leased), queued) if self.needs_group else self.slots()
+        return self.policy.target(len(self.leased) + len(self.claimed), queued) if self.needs_group else self.slots()
 
     def warm(self, queued: int = 0) -> bool:
         """Every slot the target asks for is built (free or leased)."""
@@ -255,8 +255,13 @@ class Pools:
         pool = self.by_model[model]
         if self.closed or not self._started or not pool.needs_group:
             return None
+        # A claimed slot (a session admitted, its lease not run yet) counts as leased: the most recently
+        # freed groups stand for the claims and are never offered for retirement.
+        claims = len(pool.claimed)
+        by_age = sorted(pool.idle_since.items(), key=lambda item: item[1])
+        idle = dict(by_age[: max(0, len(by_age) - claims)])
         plan = pool.policy.plan(
-            leased=len(pool.leased), building=pool.building, queued=self._queued(model), idle_since=pool.idle_since,
+            leased=len(pool.leased) + claims, building=pool.building, queued=self._queued(model), idle_since=idle,
             now=time.monotonic(),
         )
         for _ in range(plan.build):

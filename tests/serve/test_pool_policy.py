@@ -177,3 +177,24 @@ def test_a_pool_that_may_be_empty_when_idle_is_ready_empty():
     scale_to_zero = ModelPool(ModelSpec(kind="helios", preset="tiny", min_groups=0, max_groups=2, headroom=0))
     assert scale_to_zero.ready() and scale_to_zero.target(queued=1) == 1
     assert not ModelPool(ModelSpec(kind="helios", preset="tiny", min_groups=0, max_groups=2)).ready()  # headroom 1: wait for it
+
+
+def test_a_claimed_free_group_is_never_retired_before_its_lease():
+    """A session admitted from the queue claims a free group; its lease runs later. An idle-delay tick in
+    between must not destroy the group it will take."""
+    from deployments.pools import Pools
+    from deployments.shard import ShardGroup
+
+    cfg = ServingConfig.model_validate({"models": {"m": {"kind": "helios", "preset": "tiny", "min_groups": 0, "max_groups": 2,
+                                                         "headroom": 0, "scale_down_delay_s": 0}}})
+    pools = Pools(cfg, spawn=lambda coro: coro.close(), on_slot=lambda m: None)
+    pools._started = True  # no tick, no builds: the pool is driven by hand
+    pool = pools.by_model["m"]
+    for gid in ("old", "new"):
+        pool.free.append(ShardGroup(gid, [], {}))
+        pool.idle_since[gid] = {"old": 1.0, "new": 2.0}[gid]
+    pools.claim("m", "s1")
+    pools._destroy = lambda group, on_gone=None: None  # no Ray here: only which groups leave the pool counts
+    pools.rebalance("m")
+    assert [g.group_id for g in pool.free] == ["new"] and pool.scale_downs == 1  # one idle retired, one kept for s1
+    assert pools.lease("m", "s1").group_id == "new" and not pool.claimed
