@@ -240,6 +240,9 @@ class ServingConfig(_Strict):
         1, ge=0, le=16, description="Session actors started ahead per model, so an admitted session skips actor start-up (time to first frame); 0: none."
     )
     command_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a command's ack before 504.")
+    watchdog_period_s: float = Field(
+        2.0, gt=0, le=60, description="How often the registry checks that session actors and shard groups are alive (ends a dead one's session with a reason, rebuilds a dead group)."
+    )
     max_viewers_per_session: int = Field(
         64, ge=1, description="Readers of one session at once: video streams of every format plus SSE and WebSocket; beyond: 429."
     )

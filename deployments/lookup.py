@@ -4,6 +4,7 @@
 stalls every request of that replica (every tenant) for as long as the GCS takes. Here
 it runs in a worker thread, its answer is cached, and a handle that failed is forgotten
 so the next use resolves the name again (an actor that was restarted or replaced).
+`ResolvingHandle` does the same for one long-lived actor (the registry) on every call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
@@ -68,3 +70,54 @@ class ActorCache:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+
+class ResolvingHandle:
+    """A handle on one named actor that is looked up again when a call through it finds the actor gone.
+
+    `handle.method.remote(*args)` reads as on a Ray handle but returns an awaitable: on a
+    `RayActorError` (the actor died, or was unavailable while Ray restarted it) the name is
+    resolved again with `resolve` (off the event loop) and the call is made once more, on
+    whatever actor now carries the name. Front doors reach the registry through one, so a
+    registry that was restarted or re-created does not fail every request of a replica that
+    cached the old handle. The callee must tolerate the retry (the registry's methods are
+    idempotent or carry a request id). `cast` is fire-and-forget (no retry: nobody waits).
+    """
+
+    def __init__(self, resolve: Callable[[], Any], what: str = "actor"):
+        self._resolve = resolve
+        self.what = what
+        self.handle = resolve()
+        self._resolving = asyncio.Lock()
+        self.resolved = 1
+        """Lookups made (the first included); tests and logs read it."""
+
+    def __getattr__(self, method: str) -> "_ResolvingMethod":
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _ResolvingMethod(self, method)
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        handle = self.handle
+        try:
+            return await getattr(handle, method).remote(*args, **kwargs)
+        except ray.exceptions.RayActorError as exc:
+            logger.warning("%s.%s failed (%s): resolving the %s again and retrying once", self.what, method, type(exc).__name__, self.what)
+            async with self._resolving:
+                if self.handle is handle:  # one re-resolve for every call that failed on the same handle
+                    self.handle = await asyncio.to_thread(self._resolve)
+                    self.resolved += 1
+            return await getattr(self.handle, method).remote(*args, **kwargs)
+
+    def cast(self, method: str, *args: Any) -> None:
+        """Send without waiting for the answer (a finalizer's call: it cannot await)."""
+        getattr(self.handle, method).remote(*args)
+
+
+class _ResolvingMethod:
+    def __init__(self, owner: ResolvingHandle, method: str):
+        self._owner = owner
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self._owner.call(self._method, *args, **kwargs)

@@ -1,4 +1,4 @@
-"""Every name another process looks something up by: Serve deployments, named actors, placement groups.
+"""Every name another process looks something up by: Serve deployments, named actors, placement groups, KV namespaces.
 
 Sessions outlive front-door replicas, so nothing may hold them by handle only: any
 process finds a session's actor by its name in the `helios` namespace, and the registry
@@ -57,6 +57,16 @@ def shard_group_id(app_name: str, model: str, suffix: str) -> str:
 def placement_group_name(group_id: str) -> str:
     """Name of a shard group's placement group (operators find an app's groups by it)."""
     return f"helios-group-{group_id}"
+
+
+def shard_worker_name(group_id: str, rank: int) -> str:
+    """Name of rank `rank` of a shard group (detached: a restarted registry finds its groups' ranks by it)."""
+    return f"helios-shard-{group_id}-{rank}"
+
+
+def registry_state_namespace(app_name: str = DEFAULT_APP_NAME) -> str:
+    """Ray GCS key-value namespace of app `app_name`'s registry state (deployments/registry_state.py)."""
+    return f"helios-registry-{app_name}"
 
 
 def is_valid_session_id(session_id: str) -> bool:

@@ -1,6 +1,7 @@
 """The pools of one app: per model, its warm shard groups (or plain slots for models without one).
 
-Owned by the registry actor (the groups' placement groups are scoped to it). A pool
+Held by the registry actor; the groups themselves are detached and named
+(deployments/shard.py), so a restarted registry puts them back (`snapshot` / `restore`). A pool
 holds between `min_groups` and `max_groups` groups and follows the target of
 deployments/pool_policy.py: it is asked again on every lease, release and queue change
 and on a periodic tick, starts builds when it is short and destroys groups idle past
@@ -27,9 +28,10 @@ import ray
 
 from deployments.config import ModelSpec, ServingConfig, resolve_model_path
 from deployments.model_factory import model_factory_for
-from deployments.naming import shard_group_id
+from deployments.naming import placement_group_name, shard_group_id, shard_worker_name
 from deployments.pool_policy import ScalingPolicy, pick_node
 from deployments.protocol import GroupInfo, PoolDescription, PoolStats
+from deployments.registry_state import StoredGroup
 from deployments.shard import PlacementTimeout, ShardGroup, create_shard_group, destroy_shard_group, group_bundle
 
 logger = logging.getLogger(__name__)
@@ -176,9 +178,34 @@ class Pools:
             if pool.needs_group:
                 self.rebalance(model, scale_up=False)
             else:
-                pool.free = [None] * pool.slots()
+                pool.free = [None] * max(0, pool.slots() - len(pool.leased))  # restored leases hold theirs
         if any(p.needs_group for p in self.by_model.values()):
             self._spawn(self._tick())
+
+    def snapshot(self) -> list[StoredGroup]:
+        """Every built group (free or leased) by the names a restarted registry finds it by."""
+        return [
+            StoredGroup(model, g.group_id, placement_group_name(g.group_id),
+                        [shard_worker_name(g.group_id, rank) for rank in range(len(g.workers))], g.geometry, g.node_id)
+            for model, pool in self.by_model.items()
+            for g in pool.groups()
+        ]
+
+    def restore(self, groups: dict[str, list[ShardGroup]], leased: dict[str, dict[str, str | None]]) -> None:
+        """Put back what the registry's previous incarnation built (before `start`): per model its groups
+        found again, and its sessions holding a slot (session id -> group id; None: a plain slot).
+        A session whose group is gone holds nothing (the watchdog ends it); the policy builds what is missing."""
+        now = time.monotonic()
+        for model, pool in self.by_model.items():
+            by_id = {g.group_id: g for g in groups.get(model, [])}
+            for sid, group_id in leased.get(model, {}).items():
+                if group_id is None and not pool.needs_group:
+                    pool.leased[sid] = None
+                elif group_id in by_id:
+                    pool.leased[sid] = by_id.pop(group_id)
+            for group in by_id.values():
+                pool.free.append(group)
+                pool.idle_since[group.group_id] = now  # idle from now: not retired at once after a restart
 
     async def wait_warm(self, timeout_s: float) -> None:
         """Return once every pool has built its target, or after `timeout_s`."""
@@ -195,6 +222,10 @@ class Pools:
         """Promise a free slot to `session_id`, whose `lease` runs later (in its launch task), so
         `has_free` does not offer the same slot twice meanwhile."""
         self.by_model[model].claimed.add(session_id)
+
+    def slot_of(self, model: str, session_id: str) -> ShardGroup | None:
+        """The slot `session_id` leased (None: a plain slot)."""
+        return self.by_model[model].leased[session_id]
 
     def lease(self, model: str, session_id: str) -> ShardGroup | None:
         """Give a free slot of `model` to `session_id` (the caller checked `has_free`, or claimed one).
@@ -244,6 +275,26 @@ class Pools:
                 pool.idle_since[slot.group_id] = time.monotonic()
             self.rebalance(model)
         return False
+
+    def discard(self, model: str, group_id: str, why: str) -> str | None:
+        """A group found dead (the watchdog): out of the pool and destroyed (the policy builds its replacement).
+        Returns the session that leased it (the caller ends it); None when it was free or is not found."""
+        pool = self.by_model[model]
+        holder = next((sid for sid, g in pool.leased.items() if g is not None and g.group_id == group_id), None)
+        if holder is not None:
+            group = pool.leased.pop(holder)
+        else:
+            index = next((i for i, g in enumerate(pool.free) if g is not None and g.group_id == group_id), None)
+            if index is None:
+                return None
+            group = pool.free.pop(index)
+            pool.idle_since.pop(group_id, None)
+        logger.warning("group %s is dead (%s): destroying it", group_id, why)
+        pool.broken[group_id] = group
+        self._destroy(group, on_gone=lambda: pool.broken.pop(group_id, None))
+        self.rebuilt += 1
+        self.rebalance(model)
+        return holder
 
     # ---- scaling -------------------------------------------------------------------------
     def rebalance(self, model: str, *, scale_up: bool = True) -> float | None:

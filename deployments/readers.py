@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+import ray
+
 from deployments.config import ServingConfig
 from deployments.protocol import ConnectionLimitExceeded, SessionNotFound, SessionRecord
 
@@ -72,6 +74,13 @@ class ReaderTable:
         if self.per_tenant[(tenant, kind)] <= 0:
             del self.per_tenant[(tenant, kind)]
 
+    def restore(self, leases: dict[str, tuple[str, str, str]]) -> None:
+        """Count again the leases a restarted registry read back (lease -> (session, tenant, kind))."""
+        for lease, (session_id, tenant, kind) in leases.items():
+            self.leases[lease] = (session_id, tenant, kind)
+            self.per_session[session_id] += 1
+            self.per_tenant[(tenant, kind)] += 1
+
     def drop_session(self, session_id: str) -> None:
         """The session ended: forget its readers (a replica that died holding one cannot leak it past this)."""
         for lease in [k for k, v in self.leases.items() if v[0] == session_id]:
@@ -101,6 +110,7 @@ class RegistryReaders:
     sessions: dict[str, SessionRecord]
     ended: OrderedDict[str, SessionRecord]
     get_session: Callable[[str], Awaitable[SessionRecord | None]]
+    _persist: Callable[[], None]
 
     async def open_reader(self, session_id: str, kind: ReaderKind) -> str:
         """Count one more reader of the session (a lease id), or raise ConnectionLimitExceeded naming the cap.
@@ -112,7 +122,7 @@ class RegistryReaders:
         if rec is None:
             raise SessionNotFound(f"session_id: no session {session_id!r}")
         quota = self.config.quota_of(rec.tenant)
-        return self.readers.open(
+        lease = self.readers.open(
             session_id,
             rec.tenant,
             kind,
@@ -120,10 +130,14 @@ class RegistryReaders:
             max_per_tenant=quota.max_streams if kind == "stream" else quota.max_event_streams,
             retry_after_s=self.config.retry_after_s,
         )
+        self._persist()
+        return lease
 
+    @ray.method(max_task_retries=-1)  # idempotent: retried across a registry restart
     async def close_reader(self, lease: str) -> None:
         """The reader `lease` is gone (idempotent: a lease of an ended session is already dropped)."""
         self.readers.close(lease)
+        self._persist()
 
     async def rotate_viewer_token(self, session_id: str, tenant: str) -> SessionRecord:
         """A new viewer token for the owner's session; the old one stops working at once.
@@ -135,4 +149,5 @@ class RegistryReaders:
             raise SessionNotFound(f"session_id: no session {session_id!r}")
         rec.viewer_token = new_viewer_token()
         rec.token_issued_at = time.time()
+        self._persist()
         return await self.get_session(session_id)

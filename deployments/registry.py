@@ -1,10 +1,16 @@
 """The session registry: admission, tenant quotas, the queue, and the sessions of one app.
 
 A single named, detached asyncio actor, so admission state survives front-door replica
-restarts and every replica sees the same queue. It owns the pools of shard groups
-(deployments/pools.py; their placement groups are scoped to it) and creates each session
-actor detached with its own scheduling strategy, so no replica or placement group
-captures it.
+restarts and every replica sees the same queue. It holds the pools of shard groups
+(deployments/pools.py) and creates each session actor detached with its own scheduling
+strategy, so no replica or placement group captures it.
+
+It survives its own crash or the loss of its node: Ray restarts it (`max_restarts=-1`),
+and the new incarnation reads back what the old one wrote to the GCS key-value store on
+every change (deployments/registry_state.py: sessions, queues, set-up commands, ended
+records, counters, reader leases, groups by name) and takes its detached groups back.
+Calls that are safe to run twice are retried by Ray across the restart
+(`max_task_retries=-1`); `create_session` is made so by its `request_id`.
 """
 
 from __future__ import annotations
@@ -21,8 +27,14 @@ from ray import serve
 
 from deployments.config import ServingConfig
 from deployments.detached import start_detached
-from deployments.lookup import get_actor
-from deployments.naming import NAMESPACE, RELAY_DEPLOYMENT, registry_actor_name, session_actor_name
+from deployments.lookup import ActorCache, get_actor
+from deployments.naming import (
+    NAMESPACE,
+    RELAY_DEPLOYMENT,
+    registry_actor_name,
+    registry_state_namespace,
+    session_actor_name,
+)
 from deployments.pools import WARM_POLL_S, Pools
 from deployments.protocol import (
     Admission,
@@ -42,8 +54,11 @@ from deployments.protocol import (
     cause_of,
 )
 from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
+from deployments.registry_recovery import RETRIED, RegistryRecovery
+from deployments.registry_state import GcsKeyValue, RegistryStore
 from deployments.shard import ShardGroup
 from deployments.spares import SpareActors, assignment_for, create_session_actor, session_actor_args
+from deployments.watchdog import Pinger, RegistryWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +68,7 @@ APP_WATCH_PERIOD_S = 3.0
 STOP_TIMEOUT_S = 60.0
 
 
-class SessionRegistry(RegistryReaders):
+class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
     """Admission controller and owner of every session and shard group of one Serve app."""
 
     def __init__(self, config: ServingConfig):
@@ -77,6 +92,18 @@ class SessionRegistry(RegistryReaders):
         self.readers = ReaderTable()
         self._status_changed = asyncio.Event()
         """Set (and replaced) whenever a session leaves the queue or ends: wakes `wait_admitted` callers."""
+        self._request_of: dict[str, str] = {}
+        """Live session id -> the `request_id` that created it (a retried create answers the same session)."""
+        self.restored_at: float | None = None
+        self._pinger = Pinger()
+        self._session_actors = ActorCache(NAMESPACE)
+        self._ending: set[str] = set()
+        self._watchdog_on = False
+        self.store = RegistryStore(GcsKeyValue(registry_state_namespace(config.app_name)), ENDED_KEPT)
+        restored = self._restore(self.store.load())
+        self.store.attach(self._snapshot)
+        if restored:
+            self._resume()
 
     def _notify_status(self) -> None:
         """Wake every `wait_admitted` long poll (each checks its own session and sleeps again if unchanged)."""
@@ -94,23 +121,31 @@ class SessionRegistry(RegistryReaders):
         self.pools.start()
         if not self._shutting_down:
             self.spares.start()
+        if not self._watchdog_on:
+            self._watchdog_on = True
+            self._spawn(self._watchdog())
 
+    @RETRIED
     async def owns_spare(self, session_id: str) -> bool:
         """Asked by a parked spare: whether this registry still keeps it (else it exits)."""
         return self.spares.owns(session_id) or session_id in self._spare_of
 
+    @RETRIED
     async def spare_counts(self) -> dict[str, int]:
         """Parked spare actors per model (tests and operators)."""
         return {m: len(spares) for m, spares in self.spares.ready.items()}
 
+    @RETRIED
     async def ready(self, watch_app: bool = False) -> RegistryStats:
         """Start the pools (idempotent); with `watch_app`, end everything once the Serve app is deleted."""
         self._start_pools()
         if watch_app and not self._watching:
             self._watching = True
+            self._persist()
             self._spawn(self._watch_app())
         return await self.stats()
 
+    @RETRIED
     async def wait_warm(self, timeout_s: float = 300.0) -> RegistryStats:
         """Wait until every pool is fully built and every spare actor parked (tests and benchmarks); returns stats."""
         self._start_pools()
@@ -121,18 +156,20 @@ class SessionRegistry(RegistryReaders):
         return await self.stats()
 
     async def _watch_app(self) -> None:
-        """Serve does not stop detached actors: end the sessions ourselves when the app goes away."""
-        misses = 0
+        """Serve does not stop detached actors: end the sessions ourselves once the app is gone.
+
+        Concluded only from answers, two in a row: Serve answered and the app is absent or
+        DELETING (or no Serve controller exists). A status call that fails says nothing (a
+        Serve controller restarting, a GCS hiccup, this registry's node busy) and is asked again.
+        """
+        gone_answers = 0
         while not self._shutting_down:
             await asyncio.sleep(APP_WATCH_PERIOD_S)
-            try:
-                apps = (await asyncio.to_thread(serve.status)).applications
-                alive = self.config.app_name in apps and str(apps[self.config.app_name].status) != "DELETING"
-            except Exception as exc:  # noqa: BLE001 - no Serve controller: the app is gone
-                logger.debug("serve.status failed (%s): counting the app as gone", exc)
-                alive = False
-            misses = 0 if alive else misses + 1
-            if misses >= 2:
+            gone = await asyncio.to_thread(app_gone, self.config.app_name)
+            if gone is None:
+                continue
+            gone_answers = gone_answers + 1 if gone else 0
+            if gone_answers >= 2:
                 logger.info("Serve app %s is gone: shutting down its sessions", self.config.app_name)
                 await self.shutdown("server_shutdown", exit_actor=True)
                 return
@@ -141,14 +178,19 @@ class SessionRegistry(RegistryReaders):
     def _live_of(self, tenant: str) -> int:
         return sum(1 for r in self.sessions.values() if r.tenant == tenant)
 
-    async def create_session(self, tenant: str, model: str, seed: int | None) -> Admission:
+    @RETRIED
+    async def create_session(self, tenant: str, model: str, seed: int | None, request_id: str | None = None) -> Admission:
         """Admit (ACTIVE) or queue (QUEUED + position) a new session; raises when it is refused.
 
         Raises ShuttingDown, UnknownModel, QuotaExceeded, NoCapacity (queue full) or
-        SessionStartFailed (the model did not start on its group).
+        SessionStartFailed (the model did not start on its group). A call with the
+        `request_id` of a live session answers that session (a retry after a restart).
         """
         self._start_pools()
         retry = self.config.retry_after_s
+        again = next((sid for sid, rid in self._request_of.items() if request_id is not None and rid == request_id), None)
+        if again is not None:
+            return await self._admission_of(self.sessions[again])
         if self._shutting_down:
             raise ShuttingDown("server: the server is shutting down", retry_after_s=retry)
         if model not in self.config.models:
@@ -156,6 +198,7 @@ class SessionRegistry(RegistryReaders):
         quota = self.config.quota_of(tenant)
         if self._live_of(tenant) >= quota.max_concurrent_sessions:
             self.counters["sessions_rejected"] += 1
+            self._persist()
             raise QuotaExceeded(
                 f"tenant {tenant!r} already holds {quota.max_concurrent_sessions} sessions (max_concurrent_sessions)", retry_after_s=retry
             )
@@ -163,6 +206,7 @@ class SessionRegistry(RegistryReaders):
         has_free = self.pools.has_free(model) and not queue
         if not has_free and len(queue) >= self.config.queue_size:
             self.counters["sessions_rejected"] += 1
+            self._persist()
             raise NoCapacity(f"model: all {model!r} groups are busy and the queue is full", retry_after_s=retry)
         spare = self.spares.take(model) if has_free else None
         sid = spare[0] if spare is not None else uuid.uuid4().hex
@@ -170,6 +214,8 @@ class SessionRegistry(RegistryReaders):
             self._spare_of[sid] = spare[1]
         rec = SessionRecord(sid, tenant, model, new_viewer_token(), seed, actor_name=session_actor_name(sid))
         self.sessions[sid] = rec
+        if request_id is not None:
+            self._request_of[sid] = request_id
         self.counters["sessions_created"] += 1
         if has_free:
             self._starting(rec)
@@ -178,7 +224,21 @@ class SessionRegistry(RegistryReaders):
             return Admission(SessionStatus.ACTIVE, rec.public())
         queue.append(sid)
         self.pools.rebalance(model)  # a queued session may grow the pool (within max_groups)
+        self._persist()
+        await self.store.persisted()  # a 202 means the queue entry survives a registry crash
         return Admission(SessionStatus.QUEUED, rec.public(len(queue)), position=len(queue))
+
+    async def _admission_of(self, rec: SessionRecord) -> Admission:
+        """The answer a retried `create_session` gets: the session its first attempt made."""
+        launching = self._launching.get(rec.session_id)
+        if launching is not None:
+            await launching.wait()
+        if rec.status is SessionStatus.QUEUED:
+            position = self._position(rec)
+            return Admission(SessionStatus.QUEUED, rec.public(position), position=position)
+        if rec.status is SessionStatus.ENDED:
+            raise SessionStartFailed(f"session: session could not start: {rec.end_reason}", retry_after_s=self.config.retry_after_s)
+        return Admission(SessionStatus.ACTIVE, rec.public())
 
     def _admit_waiting(self, model: str) -> None:
         """Start queued sessions of `model` while it has free slots."""
@@ -188,12 +248,15 @@ class SessionRegistry(RegistryReaders):
             if rec is None or rec.status is not SessionStatus.QUEUED:
                 continue
             self._starting(rec)
-            self.pools.claim(model, rec.session_id)  # its lease runs in the launch task: keep the slot from being offered twice
             self._spawn(self._launch(rec))
             self._notify_status()
+        self._persist()
 
     def _starting(self, rec: SessionRecord) -> None:
-        """Leave the queue: from now on commands go to the actor (once it started), none are kept."""
+        """Leave the queue with a slot leased (here, not in the launch task: the caller's `has_free` check
+        must still hold for the next queued session); from now on commands go to the actor, none are kept."""
+        slot: ShardGroup | None = self.pools.lease(rec.model, rec.session_id)
+        rec.group_id = slot.group_id if slot is not None else None
         rec.status = SessionStatus.STARTING
         self._launching[rec.session_id] = asyncio.Event()
 
@@ -218,6 +281,8 @@ class SessionRegistry(RegistryReaders):
                     f"limit is {most} (they are applied at admission; send more once it is active)"
                 )
             kept.append(cmd)
+            self._persist()
+            await self.store.persisted()  # its 202 means the command survives a registry crash
             return CommandQueued(position=self._position(rec), queued=len(kept))
         launching = self._launching.get(session_id)
         if launching is not None:
@@ -230,7 +295,7 @@ class SessionRegistry(RegistryReaders):
         return list(self.queues[rec.model]).index(rec.session_id) + 1
 
     async def _launch(self, rec: SessionRecord) -> bool:
-        """Lease a slot, create the session actor on it and start it (with the commands kept while it
+        """Create the session actor on its leased slot and start it (with the commands kept while it
         was queued); on failure the slot is returned."""
         try:
             return await self._launch_once(rec)
@@ -243,8 +308,14 @@ class SessionRegistry(RegistryReaders):
 
     async def _launch_once(self, rec: SessionRecord) -> bool:
         pending = self.pending.pop(rec.session_id, [])
-        slot: ShardGroup | None = self.pools.lease(rec.model, rec.session_id)
-        rec.group_id = slot.group_id if slot is not None else None
+        slot = self.pools.slot_of(rec.model, rec.session_id)
+        self._persist()
+        await self.store.persisted()  # the lease is stored before any actor uses the group: never leased twice
+        if self.sessions.get(rec.session_id) is not rec:  # ended (deleted, shut down) while it was stored
+            spare = self._spare_of.pop(rec.session_id, None)
+            if spare is not None:
+                ray.kill(spare, no_restart=True)
+            return False
         assignment = assignment_for(self.config, rec.tenant, slot, rec.seed, rec.created_at)
         actor = self._spare_of.pop(rec.session_id, None)
         try:
@@ -270,6 +341,7 @@ class SessionRegistry(RegistryReaders):
         rec.node_id = started.node_id
         if rec.status is SessionStatus.STARTING:
             rec.status = SessionStatus.ACTIVE
+            self._persist()
         self._spawn(self._start_recording(rec.session_id))
         return True
 
@@ -281,24 +353,39 @@ class SessionRegistry(RegistryReaders):
         except Exception as exc:  # noqa: BLE001 - no relay: no recording, the session still runs
             logger.info("no recording for session %s: %s", session_id, exc)
 
+    @RETRIED
     async def session_finished(self, session_id: str, reason: str | None, broken: str | None) -> None:
         """Called by a session actor (or on a failed start): free its slot, rebuild a broken group, admit the next."""
+        rec = self._end_record(session_id, reason)
+        if rec is not None:
+            self._give_back(rec, broken)
+
+    def _end_record(self, session_id: str, reason: str | None) -> SessionRecord | None:
+        """The session is over: its record ended (its quota free, its readers dropped), waiters woken."""
         rec = self.sessions.pop(session_id, None)
         if rec is None:
-            return
+            return None
         rec.end(reason)
         self._remember(rec)
         self.readers.drop_session(session_id)
         self._notify_status()
-        self.pools.release(rec.model, session_id, broken)
+        self._persist()
+        return rec
+
+    def _give_back(self, rec: SessionRecord, broken: str | None) -> None:
+        """Its slot back to the pool (a broken group rebuilt), and the next queued session admitted."""
+        self.pools.release(rec.model, rec.session_id, broken)
         self._admit_waiting(rec.model)
+        self._persist()
 
     def _remember(self, rec: SessionRecord) -> None:
+        self._request_of.pop(rec.session_id, None)
         self.ended[rec.session_id] = rec
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
 
     # ---- queries and deletion ------------------------------------------------------------
+    @RETRIED
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """A copy of the record (with queue position while queued), or None when unknown."""
         rec = self.sessions.get(session_id) or self.ended.get(session_id)
@@ -310,6 +397,7 @@ class SessionRegistry(RegistryReaders):
         """Every live session of every tenant (queued ones with their position): the admin API."""
         return [r.public(self._position(r)) for r in self.sessions.values()]
 
+    @RETRIED
     async def wait_admitted(self, session_id: str, timeout_s: float) -> SessionRecord | None:
         """Long poll: the record once the session is no longer queued, or after `timeout_s` (record as it is).
 
@@ -327,6 +415,25 @@ class SessionRegistry(RegistryReaders):
             except TimeoutError:
                 pass
 
+    @RETRIED
+    async def wait_ended(self, session_id: str, timeout_s: float) -> SessionRecord | None:
+        """Long poll: the record once the session has ended, or after `timeout_s` (record as it is).
+
+        A reader whose session actor is gone asks this for the end reason: the watchdog
+        concludes within a `watchdog_period_s` or two.
+        """
+        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 300.0))
+        while True:
+            rec = self.sessions.get(session_id) or self.ended.get(session_id)
+            remaining = deadline - time.monotonic()
+            if rec is None or rec.status is SessionStatus.ENDED or remaining <= 0:
+                return await self.get_session(session_id)
+            try:
+                await asyncio.wait_for(self._status_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    @RETRIED
     async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""
         rec = self.sessions.get(session_id)
@@ -341,6 +448,7 @@ class SessionRegistry(RegistryReaders):
             rec.end(reason)
             self._remember(rec)
             self._notify_status()
+            self._persist()
             return rec.public()
         try:
             actor = await get_actor(rec.actor_name, NAMESPACE)
@@ -357,10 +465,12 @@ class SessionRegistry(RegistryReaders):
         """Every model's pool: bounds, target, queue, and each group's state, node and session (admin API)."""
         return self.pools.describe({m: len(q) for m, q in self.queues.items()})
 
+    @RETRIED
     async def group_workers(self, group_id: str) -> list:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""
         return self.pools.group_workers(group_id)
 
+    @RETRIED
     async def stats(self) -> RegistryStats:
         """Counts for /metrics and /healthz."""
         tenants: dict[str, dict[str, int]] = {}
@@ -398,6 +508,7 @@ class SessionRegistry(RegistryReaders):
         active = list(self.sessions.values())
         await asyncio.gather(*(self.end_session(r.session_id, reason) for r in active), return_exceptions=True)
         await self.pools.close()
+        await self.store.clear()  # shut down on purpose: a registry made later starts empty
         if exit_actor:
             asyncio.get_running_loop().call_later(0.2, self._kill_self)
         return len(active)
@@ -406,8 +517,33 @@ class SessionRegistry(RegistryReaders):
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
+def app_gone(app_name: str) -> bool | None:
+    """Whether Serve says app `app_name` is gone (absent or DELETING): True / False from an answer,
+    None when there was none (blocking: a GCS and controller round trip)."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        apps = serve.status().applications
+    except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer", decided below
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # an answer: no Serve controller exists, so no app either
+            return True
+        except Exception as lookup_exc:  # noqa: BLE001 - the GCS did not answer either
+            logger.info("serve.status failed (%s) and the controller lookup too (%s): no answer", exc, lookup_exc)
+            return None
+        logger.info("serve.status failed (%s): no answer, asking again", exc)
+        return None
+    app = apps.get(app_name)
+    return app is None or str(app.status) == "DELETING"
+
+
 def get_or_create_registry(config: ServingConfig) -> Any:
-    """The app's registry handle, creating it (deployments/detached.py) on first use."""
+    """The app's registry handle, creating it (deployments/detached.py) on first use.
+
+    Unlike session actors it is restarted by Ray after a crash or its node's loss (and reads
+    its state back); only the methods marked RETRIED are sent again after a restart."""
     return start_detached(
-        SessionRegistry, registry_actor_name(config.app_name), config, resources=config.control_plane_resources, get_if_exists=True
+        SessionRegistry, registry_actor_name(config.app_name), config, resources=config.control_plane_resources,
+        get_if_exists=True, max_restarts=-1,
     )

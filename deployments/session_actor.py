@@ -96,8 +96,9 @@ class SessionActor:
     # ---- start-up -------------------------------------------------------------------
     async def park(self) -> None:
         """Wait as a spare (deployments/spares.py) until `start` makes this a session, or exit once the
-        registry no longer owns it (the registry was replaced, or it is shutting down): a spare never
-        outlives the registry that made it. Returns at once; the check runs in the background."""
+        registry answers that it no longer owns it (a restarted registry does not keep its predecessor's
+        spares, it starts its own; or it is shutting down), or no registry by its name exists: a spare
+        never outlives the registry that made it. Returns at once; the check runs in the background."""
         self._parked = asyncio.ensure_future(self._watch_owner())
 
     async def _watch_owner(self) -> None:
@@ -109,8 +110,10 @@ class SessionActor:
                 registry = await get_actor(self.registry_name, NAMESPACE)
                 owned = registry is not None and await registry.owns_spare.remote(self.session_id)
             except ray.exceptions.RayError as exc:
-                logger.info("spare %s: its registry is gone (%s)", self.session_id, type(exc).__name__)
-                owned = False
+                # No answer (the registry restarting, a GCS hiccup) is not "not owned": ask again.
+                # Only an answer ends a spare: no registry by that name, or one that does not keep it.
+                logger.info("spare %s: no answer from its registry (%s): asking again", self.session_id, type(exc).__name__)
+                continue
             if not owned and not self._starting:
                 logger.info("spare %s: no registry owns it any more: exiting", self.session_id)
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)

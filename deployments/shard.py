@@ -10,6 +10,10 @@ A chunk is begun on every rank (`begin`: its latents) and collected from rank 0 
 chunk is begun). Rank 0 puts the frames into the object store itself and returns only the
 reference: the one copy of a chunk in the store is that one, and the session hands the
 same reference on to the relay.
+
+Nothing of a group is owned by the registry process that builds it: the placement group
+is detached and named, every rank a named detached actor, so a group outlives a registry
+crash and the restarted registry finds it again by its names (`reacquire_shard_group`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from deployments.naming import placement_group_name
+from deployments.naming import NAMESPACE, placement_group_name, shard_worker_name
 from helios.pipeline.engine import ChunkResult
 
 logger = logging.getLogger(__name__)
@@ -193,7 +197,7 @@ async def create_shard_group(
     bundle = group_bundle(cpus_per_worker, gpus)
     pg = placement_group(
         [dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", name=placement_group_name(group_id),
-        _soft_target_node_id=node_hint,
+        _soft_target_node_id=node_hint, lifetime="detached",
     )
     try:
         try:
@@ -205,6 +209,9 @@ async def create_shard_group(
         ready_at = time.monotonic()
         workers = [
             ShardWorker.options(
+                name=shard_worker_name(group_id, i),
+                namespace=NAMESPACE,
+                lifetime="detached",
                 num_cpus=bundle.get("CPU", 0),
                 num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
@@ -238,6 +245,47 @@ async def _gather(refs: list) -> list:
 
 async def _await(ref):
     return await ref
+
+
+def reacquire_shard_group(group_id: str, tp_size: int, geometry: dict, node_id: str | None = None) -> ShardGroup | None:
+    """The group `group_id` found by its names (a restarted registry), or None when its placement
+    group or any rank is gone; then whatever is left of it is removed. Blocking (GCS round trips)."""
+    from ray.util import get_placement_group
+
+    try:
+        pg = get_placement_group(placement_group_name(group_id))
+    except ValueError:  # Ray's answer for "no placement group by that name"
+        pg = None
+    workers = []
+    for rank in range(tp_size):
+        try:
+            workers.append(ray.get_actor(shard_worker_name(group_id, rank), namespace=NAMESPACE))
+        except ValueError:  # no such (live) actor
+            workers.append(None)
+    if pg is not None and all(w is not None for w in workers):
+        return ShardGroup(group_id=group_id, workers=workers, geometry=geometry, pg=pg, node_id=node_id)
+    logger.warning("group %s: %s gone after the registry restarted: removing the rest", group_id,
+                   "its placement group" if pg is None else "a rank")
+    destroy_shard_group(ShardGroup(group_id=group_id, workers=[w for w in workers if w is not None], geometry=geometry, pg=pg))
+    return None
+
+
+def remove_stray_groups(name_prefixes: list[str], keep: set[str]) -> list[str]:
+    """Remove the placement groups named with one of `name_prefixes` but not in `keep` (groups a dead
+    registry was still building: nobody holds them); their ranks die with them. Blocking."""
+    from ray.util import get_placement_group, placement_group_table
+
+    removed = []
+    for info in placement_group_table().values():
+        name = info.get("name") or ""
+        if info.get("state") == "REMOVED" or name in keep or not any(name.startswith(p) for p in name_prefixes):
+            continue
+        try:
+            remove_placement_group(get_placement_group(name))
+        except ValueError:  # removed meanwhile
+            continue
+        removed.append(name)
+    return removed
 
 
 def destroy_shard_group(group: ShardGroup) -> None:

@@ -7,9 +7,12 @@ for the session id it will carry: a session admitted at once takes one (its id i
 spare's), gets its tenant, group, seed and quotas in `start`, and a new spare is started
 behind it. A queued session, whose id was given out before, gets a new actor as before.
 
-A spare asks its registry every few seconds whether it is still owned and exits when
-not (registry replaced or gone); the registry kills its spares at shutdown. Nothing of a
-spare outlives the registry that made it.
+A spare asks its registry every few seconds whether it is still owned and exits on a
+positive "no" (or when no registry by its name exists); a failed call (the registry
+restarting) is no answer and it asks again. Spares are not persisted: a restarted
+registry answers "no" for its predecessor's spares and starts its own (they cost only a
+process each, and a session admitted meanwhile simply starts a new actor). The registry
+kills its spares at shutdown. Nothing of a spare outlives the registry that made it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from fastapi import Request, WebSocket
 
 from deployments.auth import Authenticator, bearer_key, token_matches
 from deployments.config import ServingConfig
-from deployments.lookup import ActorCache
+from deployments.lookup import ActorCache, ResolvingHandle
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import is_valid_session_id
 from deployments.setup_commands import check_setup_command, queued_ack
@@ -47,8 +47,8 @@ class ReaderLease:
     garbage collected. Both are fire-and-forget calls: no await on the way out.
     """
 
-    def __init__(self, registry: Any, lease: str):
-        self._finalizer = weakref.finalize(self, registry.close_reader.remote, lease)
+    def __init__(self, registry: ResolvingHandle, lease: str):
+        self._finalizer = weakref.finalize(self, registry.cast, "close_reader", lease)
 
     def release(self) -> None:
         self._finalizer()
@@ -63,7 +63,8 @@ class FrontDoorBase:
 
     config: ServingConfig
     auth: Authenticator
-    registry: Any
+    registry: ResolvingHandle
+    """The app's registry; a call that finds it gone resolves it again and retries once (deployments/lookup.py)."""
     relay: Any
     metrics: FrontDoorMetrics
     web_dir: Path

@@ -20,7 +20,7 @@ from deployments.http.errors import install_error_handlers
 from deployments.http.hls_players import HlsPlayers
 from deployments.http.headers import Cors, SecurityHeaders
 from deployments.http.middleware import BodyLimit
-from deployments.lookup import ActorCache
+from deployments.lookup import ActorCache, ResolvingHandle
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import NAMESPACE
 from deployments.registry import get_or_create_registry
@@ -62,8 +62,8 @@ class FrontDoor(
         self.admin_auth = routes_admin.admin_authenticator(config.admin_digests())
         self.relay = relay
         self.metrics = FrontDoorMetrics()
-        self.registry = get_or_create_registry(config)
-        self.registry.ready.remote(watch_app=True)
+        self.registry = ResolvingHandle(lambda: get_or_create_registry(config), "registry")
+        self.registry.cast("ready", True)
         self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
         self._actors = ActorCache(NAMESPACE)
         self.hls_players = HlsPlayers()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 
 import ray
@@ -76,7 +77,8 @@ class SessionRoutes(FrontDoorBase):
         if model not in self.config.models:
             raise UnknownModel(f"model: {model!r} is not offered; choose one of {sorted(self.config.models)}")
         try:
-            admission: Admission = await self.registry.create_session.remote(tenant, model, body.seed)
+            # A request id: a retry of this call (across a registry restart) answers the same session.
+            admission: Admission = await self.registry.create_session.remote(tenant, model, body.seed, uuid.uuid4().hex)
         except SessionStartFailed:
             self.metrics.errors.labels("session").inc()
             raise

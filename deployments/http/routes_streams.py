@@ -23,6 +23,7 @@ from deployments.http.middleware import too_large
 from deployments.http.params import MAX_COUNT, parse_count
 from deployments.http.schemas import CommandRequest
 from deployments.http.stall import StallGuardedStreamingResponse
+from deployments.naming import is_valid_session_id
 from deployments.protocol import (
     InvalidField,
     LimitExceeded,
@@ -36,6 +37,7 @@ from deployments.protocol import (
     StreamEnded,
     cause_of,
 )
+from deployments.watchdog import PING_TIMEOUT_S
 from helios.media.formats import FORMATS, media_type
 from helios.media.recording import stored_playable_length
 from helios.media.skipforward import skip_forward
@@ -93,8 +95,11 @@ class StreamRoutes(FrontDoorBase):
                 yield after, item.message
                 if item.message.get("data", {}).get("event") == "session_ended":
                     return
-        # Actor gone (or the session ended before it started): say so, once.
-        fresh = await self._record(rec.session_id) or rec
+        # Actor gone (or the session ended before it started): say so, once, with the registry's reason
+        # (for an actor that died, the watchdog's: it concludes within a round or two).
+        wait_s = 2 * self.config.watchdog_period_s + PING_TIMEOUT_S
+        fresh = await self.registry.wait_ended.remote(rec.session_id, wait_s) if is_valid_session_id(rec.session_id) else None
+        fresh = fresh or rec
         yield after + 1, event_message("session_ended", reason=fresh.end_reason or "ended")
 
     @router.get("/v1/sessions/{session_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
