@@ -55,7 +55,7 @@ from deployments.protocol import (
 )
 from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
 from deployments.registry_recovery import RETRIED, RegistryRecovery
-from deployments.registry_state import GcsKeyValue, RegistryStore
+from deployments.registry_state import GcsKeyValue, KeyValue, RegistryStore
 from deployments.shard import ShardGroup
 from deployments.spares import SpareActors, assignment_for, create_session_actor, session_actor_args
 from deployments.watchdog import Pinger, RegistryWatchdog
@@ -71,7 +71,8 @@ STOP_TIMEOUT_S = 60.0
 class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
     """Admission controller and owner of every session and shard group of one Serve app."""
 
-    def __init__(self, config: ServingConfig):
+    def __init__(self, config: ServingConfig, kv: KeyValue | None = None):
+        """`kv`: where the state is kept; by default Ray's GCS key-value store (a test may pass a MemoryKeyValue)."""
         self.config = config
         self.name = registry_actor_name(config.app_name)
         self.sessions: dict[str, SessionRecord] = {}
@@ -99,7 +100,7 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         self._session_actors = ActorCache(NAMESPACE)
         self._ending: set[str] = set()
         self._watchdog_on = False
-        self.store = RegistryStore(GcsKeyValue(registry_state_namespace(config.app_name)), ENDED_KEPT)
+        self.store = RegistryStore(kv or GcsKeyValue(registry_state_namespace(config.app_name)), ENDED_KEPT)
         restored = self._restore(self.store.load())
         self.store.attach(self._snapshot)
         if restored:

@@ -109,6 +109,7 @@ def test_pick_node_prefers_the_node_with_fewest_of_our_groups_that_has_room():
 # ---- the registry's view of its pools, and the pool gauges (no cluster: plain slots only) -------------
 def _registry(**extra):
     from deployments.registry import SessionRegistry
+    from deployments.registry_state import MemoryKeyValue
 
     cfg = ServingConfig.model_validate({
         "models": {"test-pattern": {"kind": "test-pattern", "pool_size": 1, "max_groups": 2}},
@@ -116,7 +117,7 @@ def _registry(**extra):
         "queue_size": 4,
         **extra,
     })
-    return SessionRegistry(cfg)
+    return SessionRegistry(cfg, kv=MemoryKeyValue())  # no cluster: its state kept in memory
 
 
 def test_describe_pools_lists_slots_with_their_sessions_and_the_queue():

@@ -14,6 +14,7 @@ from deployments.config import ServingConfig
 from deployments.protocol import ConnectionLimitExceeded, SessionRecord, SessionStatus
 from deployments.readers import ReaderTable, new_viewer_token
 from deployments.registry import SessionRegistry
+from deployments.registry_state import MemoryKeyValue
 
 
 def _config(**extra) -> ServingConfig:
@@ -58,7 +59,7 @@ def test_reader_caps_per_session_and_per_tenant_name_their_limit():
 
 def test_open_reader_uses_the_owner_tenants_quota():
     async def run():
-        reg = SessionRegistry(_config())
+        reg = SessionRegistry(_config(), kv=MemoryKeyValue())  # no cluster: its state kept in memory
         reg.sessions["s" * 32] = SessionRecord("s" * 32, "t", "test-pattern", "tok", None, "a", status=SessionStatus.ACTIVE)
         await reg.open_reader("s" * 32, "events")
         with pytest.raises(ConnectionLimitExceeded) as info:
@@ -71,7 +72,7 @@ def test_open_reader_uses_the_owner_tenants_quota():
 
 def test_wait_admitted_answers_on_the_change_not_on_a_timer():
     async def run():
-        reg = SessionRegistry(_config())
+        reg = SessionRegistry(_config(), kv=MemoryKeyValue())  # no cluster: its state kept in memory
         sid = "a" * 32
         rec = SessionRecord(sid, "t", "test-pattern", "tok", None, "a")
         reg.sessions[sid] = rec
