@@ -31,9 +31,9 @@ SHARD_WORKER_DIED = "error: shard worker died"
 
 
 def death_reason(exc: ray.exceptions.ActorDiedError, otherwise: str) -> str:
-    """`NODE_LOST` when Ray says the actor's node died, else `otherwise` (Ray's death cause is text only)."""
-    text = str(exc).lower()
-    return NODE_LOST if "node" in text and ("died" in text or "dead" in text or "removed" in text) else otherwise
+    """`NODE_LOST` when Ray says the actor's node died ("The actor died because its node has died.
+    Node Id: ..." from the GCS), else `otherwise`: the death cause reaches Python as text only."""
+    return NODE_LOST if "its node has died" in str(exc) else otherwise
 
 
 class Pinger:

@@ -68,3 +68,4 @@ def test_a_second_failure_and_other_errors_are_raised_not_retried_forever():
     with pytest.raises(ValueError, match="typed refusal"):
         asyncio.run(alive.refuse.remote())
     assert alive.resolved == 1
+
