@@ -162,6 +162,51 @@ def test_pool_grows_for_a_queued_session_and_shrinks_back(multinode):
     idle_pool(multinode)  # at min_groups: ending the last sessions shrinks nothing further
 
 
+def test_killed_registry_loses_no_session_queue_entry_or_quota(multinode):
+    """Kill the registry actor (Ray restarts it, on the head): the active session keeps streaming, the queued
+    one keeps its place, bob's quota count survives; then the queue moves on as before."""
+    import ray
+
+    idle_pool(multinode)
+    live = Live(multinode, start_session(multinode))
+    r = multinode.create("bob", model="test-pattern")
+    assert r.status_code == 201, r.text
+    bobs = r.json()["session_id"]
+    r = multinode.create("bob", model="test-pattern")
+    assert r.status_code == 202, r.text  # the one test-pattern slot is bob's: his second session queues
+    waiting = r.json()["session_id"]
+    try:
+        live.wait_chunks(1)
+        before = multinode.stats()
+        registry = multinode.registry()
+        ray.get(registry.persisted.remote())  # every change so far is stored
+        killed_at = time.monotonic()
+        ray.kill(registry, no_restart=False)
+
+        def back() -> bool:
+            try:
+                return set(ray.get(multinode.registry().stats.remote(), timeout=10)["sessions"]) == set(before["sessions"])
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError):
+                return False
+
+        wait_for(back, 120, "the restarted registry answering with every session", poll=0.05)
+        MEASURED["registry_restart_s"] = round(time.monotonic() - killed_at, 2)
+        after = multinode.stats()
+        assert after["sessions"] == before["sessions"] and after["tenants"] == before["tenants"], (before, after)
+        assert alive_actor_nodes()["SessionRegistry"] == {multinode.head_id}
+        # Through the front door: the queue entry and bob's count (2 of 2: a third is refused).
+        assert multinode.get(waiting, "bob")["position"] == 1
+        assert multinode.create("bob", model="test-pattern").status_code == 429
+        live.wait_chunks(2, after=killed_at)  # streamed through the crash
+        # The queue still moves: ending bob's first session admits his queued one.
+        assert multinode.delete(bobs, "bob").status_code == 200
+        wait_for(lambda: _status(multinode, waiting, "bob") == "active", 60, "the queued session admitted")
+    finally:
+        end_all(multinode, [live])
+        for sid in (bobs, waiting):
+            assert multinode.delete(sid, "bob").status_code == 200
+
+
 def test_losing_a_worker_node_ends_only_its_sessions(multinode):
     """Remove the node under one of two sessions: that one ends with a reason (SSE session_ended and GET), the
     other keeps streaming, the pool is rebuilt on the remaining nodes and a new session is admitted."""
