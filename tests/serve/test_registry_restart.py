@@ -7,6 +7,7 @@ wait is on the asserted condition, with a deadline.
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -77,16 +78,22 @@ def no_session_left(recover_app):
     wait_for(lambda: not recover_app.stats()["sessions"], 120, "the test app's sessions ended")
 
 
+def _pid(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+
+
 def _kill_and_time(app: RecoverApp, expect_sessions: set[str]) -> float:
     """Kill the registry (Ray restarts it); seconds until it answers with every expected session back."""
     registry = app.registry()
     ray.get(registry.persisted.remote())  # every change so far is stored (a crash loses only a write in flight)
+    old_pid = _pid(registry)
     t0 = time.monotonic()
     ray.kill(registry, no_restart=False)
 
-    def back() -> bool:
+    def back() -> bool:  # a new process (a call right after the kill may still reach the old one) with the state
         try:
-            return set(ray.get(app.registry().stats.remote(), timeout=10)["sessions"]) == expect_sessions
+            handle = app.registry()
+            return _pid(handle) != old_pid and set(ray.get(handle.stats.remote(), timeout=10)["sessions"]) == expect_sessions
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError):
             return False
 
