@@ -26,8 +26,8 @@ CHUNK_WAIT_S = 180
 BUILD_WAIT_S = 240
 """Deadline for a new shard group (placement, two processes importing torch, the model load)."""
 
-MEASURED: dict[str, float] = {}
-"""The closing note's numbers, filled by the tests below (seconds, or counts)."""
+MEASURED: dict[str, float | str] = {}
+"""The closing note's numbers, filled by the tests below (seconds, counts, the node-loss end reason)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -226,6 +226,7 @@ def test_losing_a_worker_node_ends_only_its_sessions(multinode):
         ended = wait_for(victim.events.ended, 120, "session_ended of the session on the lost node")
         MEASURED["node_loss_session_ended_s"] = round(time.monotonic() - removed_at, 2)
         assert ended.get("reason") and ended["reason"] != "deleted", ended
+        MEASURED["node_loss_end_reason"] = ended["reason"]
         info = multinode.get(victim.sid)
         assert info["status"] == "ended" and info["end_reason"] == ended["reason"], info
 
