@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -405,16 +406,7 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         Readers of a queued session call this in a loop instead of polling GET: one call
         per change (admission, end), not two a second per reader.
         """
-        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 300.0))
-        while True:
-            rec = self.sessions.get(session_id) or self.ended.get(session_id)
-            remaining = deadline - time.monotonic()
-            if rec is None or rec.status is not SessionStatus.QUEUED or remaining <= 0:
-                return await self.get_session(session_id)
-            try:
-                await asyncio.wait_for(self._status_changed.wait(), remaining)
-            except TimeoutError:
-                pass
+        return await self._wait_until(session_id, timeout_s, lambda rec: rec.status is not SessionStatus.QUEUED)
 
     @RETRIED
     async def wait_ended(self, session_id: str, timeout_s: float) -> SessionRecord | None:
@@ -423,11 +415,15 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         A reader whose session actor is gone asks this for the end reason: the watchdog
         concludes within a `watchdog_period_s` or two.
         """
+        return await self._wait_until(session_id, timeout_s, lambda rec: rec.status is SessionStatus.ENDED)
+
+    async def _wait_until(self, session_id: str, timeout_s: float, done: Callable[[SessionRecord], bool]) -> SessionRecord | None:
+        """The record once `done(record)` (or the session is unknown), or after `timeout_s` (at most 300 s)."""
         deadline = time.monotonic() + max(0.0, min(float(timeout_s), 300.0))
         while True:
             rec = self.sessions.get(session_id) or self.ended.get(session_id)
             remaining = deadline - time.monotonic()
-            if rec is None or rec.status is SessionStatus.ENDED or remaining <= 0:
+            if rec is None or done(rec) or remaining <= 0:
                 return await self.get_session(session_id)
             try:
                 await asyncio.wait_for(self._status_changed.wait(), remaining)

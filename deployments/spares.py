@@ -17,7 +17,6 @@ kills its spares at shutdown. Nothing of a spare outlives the registry that made
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Coroutine

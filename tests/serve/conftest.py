@@ -82,20 +82,13 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
         time.sleep(poll)
 
 
-class Served:
-    """Handle on the running app: base URL, config, keys and helpers."""
+class TenantApi:
+    """The session calls of a tenant over HTTP (`http` is the app's client; KEYS name the tenants)."""
 
-    def __init__(self, base_url: str, config):
-        self.base_url = base_url
-        self.config = config
-        self.keys = KEYS
-        self.http = httpx.Client(base_url=base_url, timeout=60)
+    http: httpx.Client
 
     def headers(self, tenant: str = "alice") -> dict:
         return {"Authorization": f"Bearer {KEYS[tenant]}"}
-
-    def admin_headers(self) -> dict:
-        return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     def create(self, tenant: str = "alice", **body) -> httpx.Response:
         return self.http.post("/v1/sessions", json=body, headers=self.headers(tenant))
@@ -110,6 +103,19 @@ class Served:
 
     def delete(self, sid: str, tenant: str = "alice") -> httpx.Response:
         return self.http.delete(f"/v1/sessions/{sid}", headers=self.headers(tenant))
+
+
+class Served(TenantApi):
+    """Handle on the running app: base URL, config, keys and helpers."""
+
+    def __init__(self, base_url: str, config):
+        self.base_url = base_url
+        self.config = config
+        self.keys = KEYS
+        self.http = httpx.Client(base_url=base_url, timeout=60)
+
+    def admin_headers(self) -> dict:
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     def wait_active(self, sid: str, tenant: str = "alice", timeout: float = 120) -> dict:
         return wait_for(lambda: (s := self.get(sid, tenant))["status"] == "active" and s, timeout, f"session {sid} active")

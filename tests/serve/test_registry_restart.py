@@ -14,7 +14,7 @@ import httpx
 import pytest
 import ray
 
-from tests.serve.conftest import KEYS, serving_config, wait_for
+from tests.serve.conftest import KEYS, TenantApi, serving_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -22,25 +22,14 @@ APP = "helios-recover"
 PREFIX = "/recover"
 
 
-class RecoverApp:
+class RecoverApp(TenantApi):
     """HTTP client and registry access of the test's own app."""
 
     def __init__(self, base_url: str):
         self.http = httpx.Client(base_url=base_url + PREFIX, timeout=60)
 
-    def headers(self, tenant: str = "alice") -> dict:
-        return {"Authorization": f"Bearer {KEYS[tenant]}"}
-
-    def create(self, model: str, tenant: str = "alice") -> httpx.Response:
-        return self.http.post("/v1/sessions", json={"model": model}, headers=self.headers(tenant))
-
-    def command(self, sid: str, command: str, tenant: str = "alice", **args) -> httpx.Response:
-        return self.http.post(f"/v1/sessions/{sid}/commands", json={"command": command, "args": args}, headers=self.headers(tenant))
-
-    def get(self, sid: str, tenant: str = "alice") -> dict:
-        r = self.http.get(f"/v1/sessions/{sid}", headers=self.headers(tenant))
-        assert r.status_code == 200, r.text
-        return r.json()
+    def create(self, model: str, tenant: str = "alice") -> httpx.Response:  # type: ignore[override]
+        return super().create(tenant, model=model)
 
     def registry(self):
         from deployments.naming import NAMESPACE, registry_actor_name
