@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -162,6 +163,12 @@ def test_pool_grows_for_a_queued_session_and_shrinks_back(multinode):
     idle_pool(multinode)  # at min_groups: ending the last sessions shrinks nothing further
 
 
+def _pid(actor) -> int:
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+
+
 def test_killed_registry_loses_no_session_queue_entry_or_quota(multinode):
     """Kill the registry actor (Ray restarts it, on the head): the active session keeps streaming, the queued
     one keeps its place, bob's quota count survives; then the queue moves on as before."""
@@ -180,12 +187,14 @@ def test_killed_registry_loses_no_session_queue_entry_or_quota(multinode):
         before = multinode.stats()
         registry = multinode.registry()
         ray.get(registry.persisted.remote())  # every change so far is stored
+        old_pid = _pid(registry)
         killed_at = time.monotonic()
         ray.kill(registry, no_restart=False)
 
-        def back() -> bool:
+        def back() -> bool:  # a new process (a call right after the kill may still reach the old one), state back
             try:
-                return set(ray.get(multinode.registry().stats.remote(), timeout=10)["sessions"]) == set(before["sessions"])
+                handle = multinode.registry()
+                return _pid(handle) != old_pid and set(ray.get(handle.stats.remote(), timeout=10)["sessions"]) == set(before["sessions"])
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError):
                 return False
 
