@@ -20,12 +20,12 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray import serve
 
+from deployments.app_watch import AppWatcher
 from deployments.config import ServingConfig
 from deployments.detached import start_detached
 from deployments.lookup import ActorCache, get_actor
@@ -41,7 +41,6 @@ from deployments.protocol import (
     Admission,
     CommandQueued,
     NoCapacity,
-    PoolDescription,
     QueuedCommandsFull,
     QuotaExceeded,
     RegistryStats,
@@ -55,6 +54,7 @@ from deployments.protocol import (
     cause_of,
 )
 from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
+from deployments.registry_queries import RegistryQueries
 from deployments.registry_recovery import RETRIED, RegistryRecovery
 from deployments.registry_state import GcsKeyValue, KeyValue, RegistryStore
 from deployments.shard import ShardGroup
@@ -65,11 +65,10 @@ logger = logging.getLogger(__name__)
 
 ENDED_KEPT = 1000
 """Ended sessions remembered for GET (their end reason)."""
-APP_WATCH_PERIOD_S = 3.0
 STOP_TIMEOUT_S = 60.0
 
 
-class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
+class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog, RegistryQueries, AppWatcher):
     """Admission controller and owner of every session and shard group of one Serve app."""
 
     def __init__(self, config: ServingConfig, kv: KeyValue | None = None):
@@ -128,16 +127,6 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
             self._spawn(self._watchdog())
 
     @RETRIED
-    async def owns_spare(self, session_id: str) -> bool:
-        """Asked by a parked spare: whether this registry still keeps it (else it exits)."""
-        return self.spares.owns(session_id) or session_id in self._spare_of
-
-    @RETRIED
-    async def spare_counts(self) -> dict[str, int]:
-        """Parked spare actors per model (tests and operators)."""
-        return {m: len(spares) for m, spares in self.spares.ready.items()}
-
-    @RETRIED
     async def ready(self, watch_app: bool = False) -> RegistryStats:
         """Start the pools (idempotent); with `watch_app`, end everything once the Serve app is deleted."""
         self._start_pools()
@@ -156,25 +145,6 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         while not self.spares.full() and time.monotonic() < deadline:
             await asyncio.sleep(WARM_POLL_S)  # a poll period of this wait, not a synchronisation
         return await self.stats()
-
-    async def _watch_app(self) -> None:
-        """Serve does not stop detached actors: end the sessions ourselves once the app is gone.
-
-        Concluded only from answers, two in a row: Serve answered and the app is absent or
-        DELETING (or no Serve controller exists). A status call that fails says nothing (a
-        Serve controller restarting, a GCS hiccup, this registry's node busy) and is asked again.
-        """
-        gone_answers = 0
-        while not self._shutting_down:
-            await asyncio.sleep(APP_WATCH_PERIOD_S)
-            gone = await asyncio.to_thread(app_gone, self.config.app_name)
-            if gone is None:
-                continue
-            gone_answers = gone_answers + 1 if gone else 0
-            if gone_answers >= 2:
-                logger.info("Serve app %s is gone: shutting down its sessions", self.config.app_name)
-                await self.shutdown("server_shutdown", exit_actor=True)
-                return
 
     # ---- admission ---------------------------------------------------------------------
     def _live_of(self, tenant: str) -> int:
@@ -386,50 +356,7 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
 
-    # ---- queries and deletion ------------------------------------------------------------
-    @RETRIED
-    async def get_session(self, session_id: str) -> SessionRecord | None:
-        """A copy of the record (with queue position while queued), or None when unknown."""
-        rec = self.sessions.get(session_id) or self.ended.get(session_id)
-        if rec is None:
-            return None
-        return rec.public(self._position(rec))
-
-    async def list_sessions(self) -> list[SessionRecord]:
-        """Every live session of every tenant (queued ones with their position): the admin API."""
-        return [r.public(self._position(r)) for r in self.sessions.values()]
-
-    @RETRIED
-    async def wait_admitted(self, session_id: str, timeout_s: float) -> SessionRecord | None:
-        """Long poll: the record once the session is no longer queued, or after `timeout_s` (record as it is).
-
-        Readers of a queued session call this in a loop instead of polling GET: one call
-        per change (admission, end), not two a second per reader.
-        """
-        return await self._wait_until(session_id, timeout_s, lambda rec: rec.status is not SessionStatus.QUEUED)
-
-    @RETRIED
-    async def wait_ended(self, session_id: str, timeout_s: float) -> SessionRecord | None:
-        """Long poll: the record once the session has ended, or after `timeout_s` (record as it is).
-
-        A reader whose session actor is gone asks this for the end reason: the watchdog
-        concludes within a `watchdog_period_s` or two.
-        """
-        return await self._wait_until(session_id, timeout_s, lambda rec: rec.status is SessionStatus.ENDED)
-
-    async def _wait_until(self, session_id: str, timeout_s: float, done: Callable[[SessionRecord], bool]) -> SessionRecord | None:
-        """The record once `done(record)` (or the session is unknown), or after `timeout_s` (at most 300 s)."""
-        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 300.0))
-        while True:
-            rec = self.sessions.get(session_id) or self.ended.get(session_id)
-            remaining = deadline - time.monotonic()
-            if rec is None or done(rec) or remaining <= 0:
-                return await self.get_session(session_id)
-            try:
-                await asyncio.wait_for(self._status_changed.wait(), remaining)
-            except TimeoutError:
-                pass
-
+    # ---- deletion (queries: deployments/registry_queries.py) ----------------------------------
     @RETRIED
     async def end_session(self, session_id: str, reason: str = "deleted") -> SessionRecord | None:
         """DELETE: leave the queue, or stop the actor (which emits session_ended and frees its group)."""
@@ -458,33 +385,6 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
         rec = self.ended.get(session_id) or rec
         return rec.public()
 
-    async def describe_pools(self) -> dict[str, PoolDescription]:
-        """Every model's pool: bounds, target, queue, and each group's state, node and session (admin API)."""
-        return self.pools.describe({m: len(q) for m, q in self.queues.items()})
-
-    @RETRIED
-    async def group_workers(self, group_id: str) -> list:
-        """Worker handles of a group (tests and operators: inspect or kill a rank)."""
-        return self.pools.group_workers(group_id)
-
-    @RETRIED
-    async def stats(self) -> RegistryStats:
-        """Counts for /metrics and /healthz."""
-        tenants: dict[str, dict[str, int]] = {}
-        for r in self.sessions.values():
-            t = tenants.setdefault(r.tenant, {"active": 0, "queued": 0})
-            t["queued" if r.status is SessionStatus.QUEUED else "active"] += 1
-        models = {m: p.stats(queued=len(self.queues[m])) for m, p in self.pools.by_model.items()}
-        return RegistryStats(
-            tenants=tenants,
-            models=models,
-            sessions={sid: {"tenant": r.tenant, "model": r.model, "status": r.public().status.value} for sid, r in self.sessions.items()},
-            counters={**self.counters, "groups_rebuilt": self.pools.rebuilt},
-            shutting_down=self._shutting_down,
-            readers=self.readers.snapshot(),
-            ready=not self._shutting_down and all(p["ready"] for p in models.values()),
-        )
-
     async def shutdown(self, reason: str = "server_shutdown", exit_actor: bool = False) -> int:
         """End every session with `reason`, free every group; with `exit_actor` the registry then exits.
 
@@ -512,27 +412,6 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog):
 
     def _kill_self(self) -> None:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
-
-
-def app_gone(app_name: str) -> bool | None:
-    """Whether Serve says app `app_name` is gone (absent or DELETING): True / False from an answer,
-    None when there was none (blocking: a GCS and controller round trip)."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        apps = serve.status().applications
-    except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer", decided below
-        try:
-            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        except ValueError:  # an answer: no Serve controller exists, so no app either
-            return True
-        except Exception as lookup_exc:  # noqa: BLE001 - the GCS did not answer either
-            logger.info("serve.status failed (%s) and the controller lookup too (%s): no answer", exc, lookup_exc)
-            return None
-        logger.info("serve.status failed (%s): no answer, asking again", exc)
-        return None
-    app = apps.get(app_name)
-    return app is None or str(app.status) == "DELETING"
 
 
 def get_or_create_registry(config: ServingConfig) -> Any:
