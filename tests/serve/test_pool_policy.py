@@ -173,7 +173,7 @@ def test_metrics_show_target_warmup_and_scale_events():
 
 
 def test_a_pool_that_may_be_empty_when_idle_is_ready_empty():
-    from deployments.pools import ModelPool
+    from deployments.model_pool import ModelPool
 
     scale_to_zero = ModelPool(ModelSpec(kind="helios", preset="tiny", min_groups=0, max_groups=2, headroom=0))
     assert scale_to_zero.ready() and scale_to_zero.target(queued=1) == 1
