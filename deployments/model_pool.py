@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from deployments.config import ModelSpec
 from deployments.pool_policy import ScalingPolicy
-from deployments.protocol import GroupInfo, PoolDescription, PoolStats
+from deployments.protocol_pool import GroupInfo, PoolDescription, PoolStats
 from deployments.shard import ShardGroup
 
 

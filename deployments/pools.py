@@ -30,7 +30,7 @@ from deployments.model_factory import model_factory_for
 from deployments.naming import placement_group_name, shard_group_id, shard_worker_name
 from deployments.model_pool import Build, ModelPool
 from deployments.pool_policy import pick_node
-from deployments.protocol import PoolDescription
+from deployments.protocol_pool import PoolDescription
 from deployments.registry_state import StoredGroup
 from deployments.shard import PlacementTimeout, ShardGroup, create_shard_group, destroy_shard_group, group_bundle
 

@@ -43,7 +43,6 @@ from deployments.protocol import (
     NoCapacity,
     QueuedCommandsFull,
     QuotaExceeded,
-    RegistryStats,
     SessionEnded,
     SessionNotFound,
     SessionRecord,
@@ -53,6 +52,7 @@ from deployments.protocol import (
     UnknownModel,
     cause_of,
 )
+from deployments.protocol_pool import RegistryStats
 from deployments.readers import ReaderTable, RegistryReaders, new_viewer_token
 from deployments.registry_queries import RegistryQueries
 from deployments.registry_recovery import RETRIED, RegistryRecovery

@@ -12,7 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from deployments.protocol import PoolDescription, RegistryStats, SessionRecord, SessionStatus
+from deployments.protocol import SessionRecord, SessionStatus
+from deployments.protocol_pool import PoolDescription, RegistryStats
 from deployments.readers import ReaderTable
 from deployments.registry_recovery import RETRIED
 

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request
 from deployments.auth import Authenticator, bearer_key
 from deployments.http.base import FrontDoorBase
 from deployments.http.schemas import AdminPool, AdminPools, AdminSession, AdminSessions
-from deployments.protocol import AdminOnly, PoolDescription, SessionRecord, Unauthorized
+from deployments.protocol import AdminOnly, SessionRecord, Unauthorized
+from deployments.protocol_pool import PoolDescription
 
 ADMIN = "admin"
 """The name the admin authenticator maps every admin key to."""

@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from deployments.http.base import FrontDoorBase
 from deployments.http.schemas import Health, ModelInfo, Readiness
 from deployments.naming import session_actor_name
-from deployments.protocol import InvalidPath, NotFound, RegistryStats, SessionStats
+from deployments.protocol import InvalidPath, NotFound, SessionStats
+from deployments.protocol_pool import RegistryStats
 
 logger = logging.getLogger(__name__)
 
