@@ -12,7 +12,8 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from deployments.config import DeploymentSpec, ServingConfig, ensure_some_key, load_config, with_env_keys
+from deployments.config import DeploymentSpec, ServingConfig, load_config
+from deployments.config_keys import ensure_some_key, with_env_keys
 from deployments.http.ingress import FrontDoor
 from deployments.naming import FRONT_DOOR_DEPLOYMENT, RELAY_DEPLOYMENT
 from deployments.relay import Relay

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.app import prepare_config
-from deployments.config import ServingConfig, key_digest, with_env_keys
+from deployments.config import ServingConfig, key_digest
+from deployments.config_keys import with_env_keys
 from deployments.http.routes_admin import ADMIN, admin_authenticator
 
 KEY = "k" * 20

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 from deployments.app import prepare_config
 from deployments.auth import Authenticator
-from deployments.config import ServingConfig, key_digest, with_env_keys
+from deployments.config import ServingConfig, key_digest
+from deployments.config_keys import with_env_keys
 from deployments.http.errors import install_error_handlers
 from deployments.http.headers import API_CSP, PAGE_CSP, Cors, SecurityHeaders
 from deployments.http.middleware import BodyLimit
