@@ -80,6 +80,19 @@ def idle_pool(multinode) -> dict:
     return wait_for(idle, BUILD_WAIT_S, f"an idle pool of {MIN_GROUPS} free groups")
 
 
+def streaming_sessions(multinode, count: int, chunks: int) -> list[Live]:
+    """From an idle pool, `count` sessions each watched until `chunks` chunks arrived (all ended if one fails)."""
+    idle_pool(multinode)
+    lives = [Live(multinode, start_session(multinode)) for _ in range(count)]
+    try:
+        for live in lives:
+            live.wait_chunks(chunks)
+    except BaseException:
+        end_all(multinode, lives)
+        raise
+    return lives
+
+
 def end_all(multinode, lives: list[Live], tenant: str = "alice") -> None:
     """Stop the readers and end the sessions (an already ended one answers 200 too)."""
     for live in lives:
@@ -104,11 +117,8 @@ def test_serve_on_the_head_groups_on_worker_nodes(multinode):
 
 def test_sessions_land_on_different_nodes(multinode):
     """Two sessions lease groups on two worker nodes and both stream through the head."""
-    idle_pool(multinode)
-    lives = [Live(multinode, start_session(multinode)) for _ in range(2)]
+    lives = streaming_sessions(multinode, 2, chunks=2)
     try:
-        for live in lives:
-            live.wait_chunks(2)
         sessions = multinode.admin_sessions()
         pool = multinode.admin_pool()
         leased = {g["session_id"]: g["node_id"] for g in pool["groups"] if g["state"] == "leased"}
@@ -219,11 +229,8 @@ def test_killed_registry_loses_no_session_queue_entry_or_quota(multinode):
 def test_losing_a_worker_node_ends_only_its_sessions(multinode):
     """Remove the node under one of two sessions: that one ends with a reason (SSE session_ended and GET), the
     other keeps streaming, the pool is rebuilt on the remaining nodes and a new session is admitted."""
-    idle_pool(multinode)
-    lives = [Live(multinode, start_session(multinode)) for _ in range(2)]
+    lives = streaming_sessions(multinode, 2, chunks=1)
     try:
-        for live in lives:
-            live.wait_chunks(1)
         sessions = multinode.admin_sessions()
         victim, survivor = lives
         node = sessions[victim.sid]["group_node_id"]
