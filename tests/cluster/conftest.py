@@ -161,7 +161,7 @@ def multinode(tiny_pipeline_dir):
     for _ in range(WORKER_NODES):
         node = cluster.add_node(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE, object_store_memory=OBJECT_STORE_BYTES)
         workers[node.node_id] = node
-    cluster.wait_for_nodes()
+    cluster.wait_for_nodes(timeout=180)  # Ray's default 30 s is short for raylets starting on a loaded 2-core machine
     ray.init(
         address=cluster.address,
         log_to_driver=True,
