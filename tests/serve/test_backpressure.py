@@ -23,6 +23,7 @@ from collections import defaultdict
 import msgpack
 import psutil
 import pytest
+import ray
 
 from tests.conftest import DIRECT_INGRESS
 from tests.serve.conftest import VIEWER_STALL_TIMEOUT_S, wait_for
@@ -165,6 +166,11 @@ def test_stalled_viewers_keep_server_memory_flat(served):
         counter.start()
         wait_for(lambda: len(counter.chunks) >= WARMUP_CHUNKS or counter.error, 120, "the normal viewer's first chunks")
         assert counter.error is None, counter.error
+        # The session took a parked spare actor; its replacement (an idle worker that imports the
+        # runtime, about +90 MB) must be parked before the baseline, or it is counted as growth.
+        registry = served.registry()
+        wait_for(lambda: all(n >= served.config.spare_session_actors for n in ray.get(registry.spare_counts.remote()).values()),
+                 120, "every model's spare session actors parked")
         before = _memory()
         # The spell covers the stalled viewers' whole life: bounded while they sit, then disconnected.
         sockets = [_stalled_socket(served.base_url, urls["stream_msgpack"]) for _ in range(STALLED_VIEWERS)]
