@@ -235,7 +235,8 @@ class RegistryStore:
         return self.flushes
 
     async def _write_loop(self) -> None:
-        assert self._wake is not None and self._done is not None
+        if self._wake is None or self._done is None:
+            raise RuntimeError("the state writer's loop ran before start() created its events")
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
@@ -259,7 +260,8 @@ class RegistryStore:
     def _diff(self) -> tuple[dict[str, bytes], list[str], dict[str, str]]:
         """What to write now: (puts, deletes, viewer tokens of the ended records put). Runs on the loop,
         so the state does not move while it is serialised."""
-        assert self._snapshot is not None
+        if self._snapshot is None:
+            raise RuntimeError("the state writer was asked for a diff before start() gave it a snapshot source")
         meta, sessions, ended = self._snapshot()
         now: dict[str, bytes] = {META_KEY: _META.dump_json(meta)}
         for sid, stored in sessions.items():

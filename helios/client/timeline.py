@@ -85,7 +85,8 @@ class Timeline(BaseModel):
                 break
             if self.timeline[c].prompt is not None:
                 prompt = self.timeline[c].prompt
-        assert prompt is not None
+        if prompt is None:
+            raise RuntimeError("timeline: no prompt at or before this chunk")
         return prompt
 
 

@@ -96,7 +96,8 @@ class ChunkEntry:
 
     async def frames(self) -> np.ndarray:
         self.prefetch()
-        assert self._frames is not None
+        if self._frames is None:
+            raise RuntimeError("prefetch() did not start fetching this chunk's frames")
         return await asyncio.shield(self._frames)
 
     async def encoded(self, fmt: str, encoders: "SessionEncoders") -> Any:
@@ -132,7 +133,8 @@ class SessionEncoders:
     @property
     def mp4(self) -> FragmentedMp4Encoder:
         """The session's H.264 encoder (exists once the first mp4 chunk was encoded)."""
-        assert self._mp4 is not None, "mp4 encoder asked for before any mp4 chunk was encoded"
+        if self._mp4 is None:
+            raise RuntimeError("mp4 encoder asked for before any mp4 chunk was encoded")
         return self._mp4
 
     async def encode(self, fmt: str, entry: ChunkEntry) -> Any:
@@ -369,7 +371,8 @@ class SessionFanout:
         try:
             async for entry, payload in self._encoded(viewer, fmt):
                 if fmt == "mp4":
-                    assert timeline is not None
+                    if timeline is None:
+                        raise RuntimeError("an mp4 viewer has no timeline to render its fragments on")
                     data = timeline.render(payload, produced_at=entry.produced_at)
                     if not sent_init:
                         data = self.encoders.init_segment + data

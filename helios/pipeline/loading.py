@@ -89,8 +89,9 @@ def load_text_stack(folder: Path, *, dtype: torch.dtype, device: torch.device):
     """Tokenizer and UMT5 encoder (same dtype as the transformer, as the reference loads them)."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device).eval()
+    # Local folders only: nothing is downloaded at run time (local_files_only also stops a hub lookup).
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype, local_files_only=True).to(device).eval()
     return tokenizer, encoder
 
 

@@ -183,7 +183,8 @@ class Playback:
                 # the start), or the release thread woke far too late: restart the schedule
                 # here instead of bursting to catch up. Small lateness keeps the schedule.
                 self._base, self._k, due = now, 0, now
-        assert due is not None
+        if due is None:  # unreachable: the block above sets it whenever there was no schedule
+            raise RuntimeError("playback: no due time for the next frame")
         if not self._clock.sleep_until(due, self._abort):
             return False
         with self._cond:
