@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +43,19 @@ class FanoutStats:
     chunks_dropped: int = 0
     encode_errors: int = 0
     bytes_out: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FORMATS})
+    repeat_encodes: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FORMATS})
+    """Encodes of a chunk (chunk index + its `produced_at`) already encoded in that format: 0 when encode-once holds."""
+    _encoded_keys: dict[str, OrderedDict] = field(default_factory=lambda: {f: OrderedDict() for f in FORMATS}, repr=False)
+
+    def record_encode(self, fmt: str, key: tuple[int, float]) -> None:
+        """Count one encode of the chunk `key` in `fmt`; remembers the last _SAMPLES keys per format."""
+        self.chunks_encoded[fmt] += 1
+        seen = self._encoded_keys[fmt]
+        if key in seen:
+            self.repeat_encodes[fmt] += 1
+        seen[key] = None
+        while len(seen) > _SAMPLES:
+            seen.popitem(last=False)
 
     def record_latency(self, seconds: float) -> None:
         self.latency_s.append(seconds)
@@ -66,6 +79,7 @@ class FanoutStats:
             "chunks_dropped": self.chunks_dropped,
             "encode_errors": self.encode_errors,
             "bytes_out": dict(self.bytes_out),
+            "repeat_encodes": dict(self.repeat_encodes),
         }
 
 
@@ -147,7 +161,7 @@ class SessionEncoders:
                 self.stats.encode_errors += 1
                 raise
             self.stats.encode_ms[fmt].append((time.perf_counter() - started) * 1000.0)
-            self.stats.chunks_encoded[fmt] += 1
+            self.stats.record_encode(fmt, (entry.chunk, entry.produced_at))
             return result
 
     def _encode_sync(self, fmt: str, frames: np.ndarray, entry: ChunkEntry) -> Any:

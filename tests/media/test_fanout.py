@@ -63,6 +63,19 @@ def test_every_format_is_encoded_once_for_many_viewers():
     np.testing.assert_array_equal(framing.frames_of(messages[1]), make_frames(1, n=n, h=h, w=w))
     assert mja.endswith(mjpeg.closing_boundary()) and len(mjpeg.split_parts(mja)) == 3 * n
     assert fo.stats.snapshot()["latency_s"]["n"] == 3
+    assert fo.stats.snapshot()["repeat_encodes"] == {"mp4": 0, "msgpack": 0, "mjpeg": 0}
+
+
+def test_a_chunk_encoded_twice_in_a_format_is_counted():
+    """What the served encode-once checks read: a second encode of one generated chunk (same index and
+    `produced_at`) counts; the same index after a reset (a new `produced_at`) does not."""
+    stats = FanoutStats()
+    stats.record_encode("mp4", (0, 100.0))
+    stats.record_encode("mjpeg", (0, 100.0))
+    stats.record_encode("mp4", (0, 200.0))  # chunk 0 again after a reset
+    assert stats.repeat_encodes == {"mp4": 0, "msgpack": 0, "mjpeg": 0}
+    stats.record_encode("mp4", (0, 100.0))
+    assert stats.repeat_encodes["mp4"] == 1 and stats.chunks_encoded["mp4"] == 3
 
 
 def test_slow_viewer_is_skipped_forward_and_never_holds_back_others():

@@ -120,6 +120,7 @@ def test_hls_adds_no_encode_to_the_mp4_viewers():
     fo = run(main())
     assert fo.stats.chunks_encoded["mp4"] == 4  # one encode per chunk for 1 mp4 viewer and 2 HLS feeds
     assert fo.stats.chunks_encoded["mjpeg"] == 4
+    assert fo.stats.repeat_encodes == {f: 0 for f in fo.stats.repeat_encodes}
     assert fo.viewer_counts() == {"mjpeg": 0, "mp4": 0, "msgpack": 0}  # everyone left
 
 
