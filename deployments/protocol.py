@@ -396,6 +396,12 @@ class BodyTooLarge(ServeError, field="body"):
     """A request body (or WebSocket frame) over `max_body_bytes`."""
 
 
+class RangeNotSatisfiable(ServeError, field="range"):
+    """A `Range` that starts past what is recorded so far; `length` is what is (sent as `Content-Range: bytes */length`)."""
+
+    length: int = 0
+
+
 class InvalidPath(ServeError, ValueError, field="path"):
     """A URL path that is malformed (NUL or control characters, `..`, backslashes, odd encodings)."""
 

@@ -2,8 +2,9 @@
 
 Body: `{"detail": "<field>: <problem>", "field": "<field>"}` for the typed errors of
 `deployments.protocol` (plus `ack` for a refused command, `limit` naming the config key of
-a limit that was hit), `{"detail": ...}` for request
-validation and FastAPI's own errors (unknown route, wrong method). A status is never
+a limit that was hit) and for request validation (`field`: the first bad one; a body that is
+not JSON, or not UTF-8, is `body`), `{"detail": ...}` for FastAPI's own errors (unknown
+route, wrong method). The OpenAPI lists this shape as `ErrorBody` (deployments/http/schemas.py). A status is never
 picked from an error's text.
 """
 
@@ -31,6 +32,7 @@ from deployments.protocol import (
     NotFound,
     OriginNotAllowed,
     PlaylistNotReady,
+    RangeNotSatisfiable,
     QuotaExceeded,
     RecordingUnavailable,
     RelayUnavailable,
@@ -59,6 +61,7 @@ STATUS: dict[type[ServeError], int] = {
     SessionEnded: 409,
     StreamEnded: 410,
     BodyTooLarge: 413,
+    RangeNotSatisfiable: 416,
     QuotaExceeded: 429,
     LimitExceeded: 429,
     NoCapacity: 429,
@@ -93,12 +96,14 @@ def error_body(exc: ServeError) -> dict[str, Any]:
 
 
 def error_headers(exc: ServeError) -> dict[str, str] | None:
-    """Retry-After on capacity answers, WWW-Authenticate on 401."""
+    """Retry-After on capacity answers, WWW-Authenticate on 401, Content-Range on 416."""
     headers = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))  # whole seconds, never 0
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.length}"
     return headers or None
 
 
@@ -146,11 +151,23 @@ async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def validation_field(errors: list[dict]) -> str:
+    """The field of a request's first validation error (`body` for a body that is not JSON at all)."""
+    if not errors or errors[0].get("type") == "json_invalid":
+        return "body"
+    return field_of(errors[0].get("loc", ())) or "body"
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+    errors = exc.errors()
+    return JSONResponse({"detail": validation_detail(errors), "field": validation_field(errors)}, status_code=422)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's 400 "There was an error parsing the body" for a JSON body that is not UTF-8: malformed JSON as any other.
+        return JSONResponse({"detail": f"body: malformed JSON (not UTF-8: {exc.__cause__.reason} at byte {exc.__cause__.start})",
+                             "field": "body"}, status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 

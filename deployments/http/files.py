@@ -16,6 +16,8 @@ from typing import IO
 
 from fastapi.responses import Response, StreamingResponse
 
+from deployments.protocol import RangeNotSatisfiable
+
 PIECE_BYTES = 256 * 1024
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 
@@ -57,11 +59,12 @@ async def _pieces(open_file: Callable[[], IO[bytes]], start: int, end: int) -> A
 def file_prefix_response(
     open_file: Callable[[], IO[bytes]], length: int, media_type: str, filename: str, range_header: str | None
 ) -> Response:
-    """The first `length` bytes of the file `open_file()` opens (200, or 206 for one range, or 416)."""
+    """The first `length` bytes of the file `open_file()` opens (200, or 206 for one range); RangeNotSatisfiable (416)."""
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-cache"}
     span = parse_range(range_header, length)
     if span is False:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{length}"})
+        shown = range_header if len(range_header or "") <= 64 else f"{range_header[:64]}..."
+        raise RangeNotSatisfiable(f"range: {shown!r} is outside the {length} bytes recorded so far", length=length)
     status, (start, end) = (200, (0, length)) if span is None else (206, span)
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{length}"

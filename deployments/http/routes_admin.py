@@ -13,14 +13,14 @@ from fastapi import APIRouter, Request
 
 from deployments.auth import Authenticator, bearer_key
 from deployments.http.base import FrontDoorBase
-from deployments.http.schemas import AdminPool, AdminPools, AdminSession, AdminSessions
+from deployments.http.schemas import AdminPool, AdminPools, AdminSession, AdminSessions, error_responses
 from deployments.protocol import AdminOnly, SessionRecord, Unauthorized
 from deployments.protocol_pool import PoolDescription
 
 ADMIN = "admin"
 """The name the admin authenticator maps every admin key to."""
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=error_responses(401, 403))
 
 
 def admin_authenticator(digests: list[str]) -> Authenticator:

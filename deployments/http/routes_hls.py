@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from deployments.http.base import FrontDoorBase
 from deployments.http.hls_players import HlsPlayers
 from deployments.http.routes_streams import _relay_failed
+from deployments.http.schemas import error_responses
 from deployments.protocol import (
     BadDirective,
     HlsReply,
@@ -54,7 +55,11 @@ class HlsRoutes(FrontDoorBase):
         except Exception as exc:  # noqa: BLE001 - a typed relay error keeps its status, anything else is a 503
             raise _relay_failed("hls", exc) from None
 
-    @router.get("/v1/sessions/{session_id}/hls/index.m3u8", responses={200: {"content": {PLAYLIST_MEDIA_TYPE: {}}}})
+    @router.get(
+        "/v1/sessions/{session_id}/hls/index.m3u8",
+        operation_id="hls_playlist",
+        responses={200: {"content": {PLAYLIST_MEDIA_TYPE: {}}}, **error_responses(400, 401, 404, 410, 422, 429, 503)},
+    )
     async def hls_playlist(self, request: Request, session_id: str) -> Response:
         """The live LL-HLS media playlist; `_HLS_msn` / `_HLS_part` hold it until that (part) segment exists."""
         params = request.query_params
@@ -70,7 +75,11 @@ class HlsRoutes(FrontDoorBase):
         reply = await self._hls_call(session_id, HlsRequest("playlist", msn, part, query))
         return Response(reply.body, media_type=reply.media_type, headers={"Cache-Control": "no-cache"})
 
-    @router.get("/v1/sessions/{session_id}/hls/{name}", responses={200: {"content": {SEGMENT_MEDIA_TYPE: {}}}})
+    @router.get(
+        "/v1/sessions/{session_id}/hls/{name}",
+        operation_id="hls_media",
+        responses={200: {"content": {SEGMENT_MEDIA_TYPE: {}}}, **error_responses(401, 404, 410, 422, 429, 503)},
+    )
     async def hls_media(self, request: Request, session_id: str, name: str) -> Response:
         """The init segment (`init.mp4`), a segment (`<msn>.m4s`) or a partial segment (`<msn>.<part>.m4s`)."""
         if name == "init.mp4":

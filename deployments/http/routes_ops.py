@@ -45,7 +45,7 @@ class OpsRoutes(FrontDoorBase):
             for n, s in self.config.models.items()
         ]
 
-    @router.get("/healthz", response_model=Health)
+    @router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "Degraded"}})
     async def healthz(self) -> JSONResponse:
         """Liveness: 'ok' when the registry answers and every model has or is building capacity; `ready` as /readyz."""
         try:

@@ -15,11 +15,14 @@ from deployments.http.schemas import (
     Ack,
     CommandRequest,
     CreateSessionRequest,
+    ErrorBody,
     SessionCreated,
     SessionDeleted,
     SessionInfo,
     SessionUrls,
     ViewerTokenIssued,
+    error_responses,
+    session_links,
 )
 from deployments.protocol import Admission, BadCommand, SessionRecord, SessionStartFailed, SessionStats, SessionStatus, UnknownModel
 
@@ -27,6 +30,9 @@ INFO_TIMEOUT_S = 10.0
 """Longest wait for a session actor's `info` in GET /v1/sessions/{id}."""
 
 router = APIRouter()
+
+_AFTER_COMMAND = session_links("$request.path.session_id", exclude=("RunCommand",))
+"""It steered this session: watch it, read it, end it (OpenAPI links, for clients and for the stateful fuzzer)."""
 
 
 def session_urls(sid: str, token: str) -> SessionUrls:
@@ -68,7 +74,12 @@ class SessionRoutes(FrontDoorBase):
         "/v1/sessions",
         status_code=201,
         response_model=SessionCreated,
-        responses={202: {"model": SessionCreated, "description": "Queued"}, 429: {"description": "No capacity or over quota"}},
+        operation_id="create_session",
+        responses={
+            201: {"description": "Active", "links": session_links()},
+            202: {"model": SessionCreated, "description": "Queued", "links": session_links()},
+            **error_responses(401, 413, 422, 429, 503),
+        },
     )
     async def create_session(self, request: Request, body: CreateSessionRequest) -> Response:
         """Admit a session: 201 active, 202 queued (poll GET until active), 429 full or over quota."""
@@ -96,7 +107,12 @@ class SessionRoutes(FrontDoorBase):
         self._actors.prefetch(rec.actor_name)  # its first command comes next (time to first frame)
         return JSONResponse(created.model_dump(), status_code=201)
 
-    @router.get("/v1/sessions/{session_id}", response_model=SessionInfo)
+    @router.get(
+        "/v1/sessions/{session_id}",
+        response_model=SessionInfo,
+        operation_id="get_session",
+        responses={200: {"links": session_links(exclude=("GetSession",))}, **error_responses(401, 404, 422)},
+    )
     async def get_session(self, request: Request, session_id: str) -> SessionInfo:
         """Status, queue position, last state and end reason."""
         rec, owner = await self._readable(request, session_id)
@@ -114,14 +130,21 @@ class SessionRoutes(FrontDoorBase):
                     rec = await self._record(session_id) or rec
         return session_info(rec, state, owner)
 
-    @router.delete("/v1/sessions/{session_id}", response_model=SessionDeleted)
+    @router.delete(
+        "/v1/sessions/{session_id}", response_model=SessionDeleted, operation_id="delete_session", responses=error_responses(401, 404, 422)
+    )
     async def delete_session(self, request: Request, session_id: str) -> SessionDeleted:
         """End the session (session_ended {reason: 'deleted'}) and free its shard group."""
         rec = await self._owned(request, session_id)
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
 
-    @router.post("/v1/sessions/{session_id}/viewer-token", response_model=ViewerTokenIssued)
+    @router.post(
+        "/v1/sessions/{session_id}/viewer-token",
+        response_model=ViewerTokenIssued,
+        operation_id="rotate_viewer_token",
+        responses=error_responses(401, 404, 422),
+    )
     async def rotate_viewer_token(self, request: Request, session_id: str) -> ViewerTokenIssued:
         """Issue a new viewer token (owner only); the old one gets 401 from now on."""
         rec = await self._owned(request, session_id)
@@ -134,11 +157,14 @@ class SessionRoutes(FrontDoorBase):
     @router.post(
         "/v1/sessions/{session_id}/commands",
         response_model=Ack,
+        operation_id="run_command",
         responses={
-            202: {"model": Ack, "description": "Kept for a queued session; applied in order at admission"},
-            409: {"description": "Not a set-up command while queued, or the session has ended"},
-            422: {"description": "Command refused"},
-            429: {"description": "Over the command rate, or over max_queued_commands while queued"},
+            200: {"links": _AFTER_COMMAND},
+            202: {"model": Ack, "description": "Kept for a queued session; applied in order at admission", "links": _AFTER_COMMAND},
+            **error_responses(401, 404, 409, 413, 422, 429, 503, 504),
+            409: {"model": ErrorBody, "description": "Not a set-up command while queued, or the session has ended"},
+            422: {"model": ErrorBody, "description": "Invalid request, or the command was refused (`ack` holds its ack)"},
+            429: {"model": ErrorBody, "description": "Over the command rate, or over max_queued_commands while queued"},
         },
     )
     async def command(self, request: Request, session_id: str, body: CommandRequest) -> Response:

@@ -21,7 +21,7 @@ from deployments.http.errors import WS_FRAME_TOO_LARGE, field_of, ws_close_code
 from deployments.http.files import file_prefix_response
 from deployments.http.middleware import too_large
 from deployments.http.params import MAX_COUNT, parse_count
-from deployments.http.schemas import CommandRequest
+from deployments.http.schemas import AFTER_READING, CommandRequest, error_responses
 from deployments.http.stall import StallGuardedStreamingResponse
 from deployments.naming import is_valid_session_id
 from deployments.protocol import (
@@ -102,7 +102,11 @@ class StreamRoutes(FrontDoorBase):
         fresh = fresh or rec
         yield after + 1, event_message("session_ended", reason=fresh.end_reason or "ended")
 
-    @router.get("/v1/sessions/{session_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+    @router.get(
+        "/v1/sessions/{session_id}/events",
+        operation_id="session_events",
+        responses={200: {"content": {"text/event-stream": {}}, "links": AFTER_READING}, **error_responses(401, 404, 422, 429)},
+    )
     async def events(self, request: Request, session_id: str, after: int = Query(0, ge=0, le=MAX_COUNT)) -> StreamingResponse:
         """Server-sent events: one protocol message per `data:` line; resumes after `Last-Event-ID`."""
         last = request.headers.get("last-event-id")
@@ -203,7 +207,14 @@ class StreamRoutes(FrontDoorBase):
             for t in tasks:
                 t.cancel()
 
-    @router.get("/v1/sessions/{session_id}/stream", responses={200: {"content": {v: {} for v in STREAM_MEDIA.values()}}})
+    @router.get(
+        "/v1/sessions/{session_id}/stream",
+        operation_id="session_stream",
+        responses={
+            200: {"content": {v: {} for v in STREAM_MEDIA.values()}, "links": AFTER_READING},
+            **error_responses(401, 404, 410, 422, 429, 503),
+        },
+    )
     async def stream(
         self,
         request: Request,
@@ -254,7 +265,15 @@ class StreamRoutes(FrontDoorBase):
             stall_timeout_s=self.config.viewer_stall_timeout_s, label=f"{format} viewer of {session_id}",
         )
 
-    @router.get("/v1/sessions/{session_id}/recording.mp4", responses={200: {"content": {"video/mp4": {}}}})
+    @router.get(
+        "/v1/sessions/{session_id}/recording.mp4",
+        operation_id="session_recording",
+        responses={
+            200: {"content": {"video/mp4": {}}},
+            206: {"content": {"video/mp4": {}}, "description": "The one byte range asked for"},
+            **error_responses(401, 404, 416, 422, 503),
+        },
+    )
     async def recording(self, request: Request, session_id: str) -> Response:
         """The session's recording so far: whole fragments only while it grows (a playable prefix with its
         own Content-Length), complete once the session has ended; one byte range honoured."""

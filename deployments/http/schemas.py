@@ -175,3 +175,66 @@ class AdminPools(BaseModel):
     """GET /v1/admin/pool."""
 
     models: dict[str, AdminPool]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API (deployments/http/errors.py): what is wrong, and with which field."""
+
+    detail: str = Field(..., description="`<field>: <problem>`; for a request that failed validation, every bad field.")
+    field: str | None = Field(None, description="The field, header, parameter or limit the problem is about.")
+    limit: str | None = Field(None, description="Config key of the limit that was hit (429s).")
+    retry_after_s: float | None = Field(None, description="When a retry may succeed (as the Retry-After header).")
+    ack: Ack | None = Field(None, description="The refused command's ack (POST .../commands).")
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed path or delivery directive",
+    401: "Missing or wrong API key, or a wrong, rotated or expired viewer token",
+    403: "A valid key that does not open this route",
+    404: "No such session (or not this tenant's), recording or segment",
+    409: "Not possible in the session's state (queued, ended)",
+    410: "The session has ended; its recording remains",
+    413: "Request body over max_body_bytes",
+    416: "The Range starts past what is recorded so far (Content-Range: bytes */<length>)",
+    422: "A field of the request is invalid, or the command was refused",
+    429: "Over a quota, a limit or the capacity; Retry-After says when to retry",
+    503: "Temporarily unavailable (starting, shutting down, relay or store down)",
+    504: "The session did not answer in time",
+}
+"""What each error status means, as the OpenAPI lists it."""
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each with the one error body (FastAPI's default 422 shape is not ours)."""
+    return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def session_link(operation_id: str, description: str, source: str = "$response.body#/session_id") -> dict[str, Any]:
+    """An OpenAPI link to a session route whose `session_id` comes from `source` (a runtime expression)."""
+    return {"operationId": operation_id, "parameters": {"session_id": source}, "description": description}
+
+
+SESSION_LINKS: dict[str, tuple[str, str]] = {
+    "GetSession": ("get_session", "Its status, position and state"),
+    "RunCommand": ("run_command", "Steer it"),
+    "Events": ("session_events", "Its protocol messages (SSE)"),
+    "Stream": ("session_stream", "Its live video"),
+    "HlsPlaylist": ("hls_playlist", "Its LL-HLS playlist"),
+    "HlsMedia": ("hls_media", "Its LL-HLS init segment, segments and parts"),
+    "Recording": ("session_recording", "Its recording so far"),
+    "RotateViewerToken": ("rotate_viewer_token", "A new viewer token"),
+    "DeleteSession": ("delete_session", "End it"),
+}
+"""Every route of a session, by link name: (operationId, what it gives)."""
+
+
+def session_links(
+    source: str = "$response.body#/session_id", exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Links from a response that names a session (`source`) to the routes of that session (`only` them, less `exclude`)."""
+    names = [n for n in SESSION_LINKS if (only is None or n in only) and n not in exclude]
+    return {name: session_link(*SESSION_LINKS[name], source) for name in names}
+
+
+AFTER_READING = session_links("$request.path.session_id", only=("GetSession", "RunCommand", "DeleteSession"))
+"""Links from a session's streams (they name it in their path): steer it, look at it, end it."""

@@ -44,6 +44,7 @@ CASES = [
     (P.SessionEnded("session_id: session has ended (deleted)", end_reason="deleted"), 409, "session_id"),
     (P.StreamEnded("session_id: session has ended (deleted); see recording.mp4"), 410, "session_id"),
     (P.BodyTooLarge("body: request body over the 1024-byte limit"), 413, "body"),
+    (P.RangeNotSatisfiable("range: 'bytes=99-' is outside the 10 bytes recorded so far", length=10), 416, "range"),
     (P.QuotaExceeded("tenant 'bob' already holds 1 sessions (max_concurrent_sessions)", retry_after_s=2), 429, "tenant"),
     (P.ConnectionLimitExceeded("connections: session has 64 viewers, the max_viewers_per_session limit", limit="max_viewers_per_session"),
      429, "connections"),
@@ -112,6 +113,7 @@ def test_each_error_has_its_status_and_a_body_naming_the_field(client, i, status
     else:
         assert "retry-after" not in r.headers
     assert (r.headers.get("www-authenticate") == "Bearer") == (status == 401)
+    assert (r.headers.get("content-range") == "bytes */10") == (status == 416)
 
 
 def test_every_protocol_error_is_mapped():
@@ -157,7 +159,22 @@ def test_validation_and_body_limit_name_the_field(client):
     r = client.post("/body", json={"seed": "nope"})
     assert r.status_code == 422 and r.json()["detail"].startswith("seed:")
     r = client.post("/body", content=b"{", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
+    assert r.status_code == 422 and "malformed JSON" in r.json()["detail"] and r.json()["field"] == "body"
     r = client.post("/body", content=b'{"seed": 1, "pad": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json() == {"detail": "body: request body over the 1024-byte limit (max_body_bytes)", "field": "body"}
     assert client.get("/nowhere").status_code == 404 and "detail" in client.get("/nowhere").json()
+
+
+def test_a_json_body_that_is_not_utf8_is_a_422_naming_the_body(client):
+    """Found by the API fuzzer: FastAPI answered 400 "There was an error parsing the body" (undocumented, no field)."""
+    r = client.post("/body", content=b'{"seed": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == "body" and body["detail"].startswith("body: malformed JSON (not UTF-8")
+
+
+def test_validation_errors_name_their_first_field(client):
+    r = client.post("/body", json={"seed": "nope"})
+    assert r.status_code == 422 and r.json()["field"] == "seed"
+    r = client.post("/body", json=None)
+    assert r.status_code == 422 and r.json()["field"] == "body"

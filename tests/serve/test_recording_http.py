@@ -47,6 +47,7 @@ def test_a_growing_recording_is_served_to_its_complete_length(served):
         assert part.headers["content-range"] == f"bytes 0-99/{total}" and total >= len(later.content)
         beyond = served.http.get(urls["recording"], headers={"Range": f"bytes={10**12}-"})
         assert beyond.status_code == 416 and beyond.headers["content-range"].startswith("bytes */")
+        assert beyond.json()["field"] == "range" and "outside" in beyond.json()["detail"]  # JSON like every 4xx (was empty)
 
         # What was served is the file at recording_uri (a prefix of it: the file may have grown since).
         stored = (recording_folder(served.config.models["helios-tiny"].path) / sid / "recording.mp4").read_bytes()
