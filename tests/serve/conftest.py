@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import DIRECT_INGRESS
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "carol": "carol-key-0123456789",
-        "dave": "dave-key-0123456789"}
+        "dave": "dave-key-0123456789", "fuzz": "fuzz-key-0123456789"}
 ADMIN_KEY = "admin-key-0123456789"
 """The served test app's admin key (admin_keys): GET /v1/admin/..."""
 APP_NAME = "helios"
@@ -55,6 +55,8 @@ def serving_config(tiny_path: str):
                 # 3 commands, then one per 100 s: the 4th is refused whatever the machine's speed.
                 {"name": "dave", "api_keys": [KEYS["dave"]],
                  "quota": {"max_concurrent_sessions": 2, "command_rate": {"rate_per_s": 0.01, "burst": 3}}},
+                # The API fuzzer's own tenant (tests/serve/test_api_fuzz.py): its sessions never count against another's quota.
+                {"name": "fuzz", "api_keys": [KEYS["fuzz"]], "quota": {"max_concurrent_sessions": 2}},
             ],
             "queue_size": 1,
             "retry_after_s": 2,
