@@ -3,15 +3,18 @@
 Runs everything in one process tree on this machine (a local Ray cluster, `serve.run` of
 the real app with the tiny model) and prints one JSON line per measurement:
 
-- `fps_ratio`: frames/s a msgpack viewer receives from one served session (TP = --tp,
-  generation unpaced: lookahead > chunks) divided by the frames/s of the bare pipeline
-  at the same TP size driven directly (a shard group with no session, relay or HTTP).
+- `fps_ratio`: frames/s a msgpack viewer receives from one served session (TP = --tp, with the
+  benchmark-only `pacing: off`, so chunks go out as fast as they are generated, not at 24 fps)
+  divided by the frames/s of the bare pipeline at the same TP size driven directly (a shard
+  group with no session, relay or HTTP). Measured alternately (bare, served, bare, served, ...)
+  `--rounds` times each in one run; `ratio` is mean served over mean bare, `median_pair_ratio` the
+  median of the rounds' served/bare (the machine is shared: a busy spell hits one round, not the median).
 - `latency`: generation end of a chunk (its `produced_at`) → first byte to a viewer, p50/p99,
   as measured by the relay, plus the client-side arrival time after `chunk_complete`.
 - `scaling`: sessions x viewers of the test-pattern model (real-time paced): delivered
   frames/s per viewer over the 24 fps a viewer should get (1.0 = real time).
 
-Usage: python bench/bench_serve.py [--chunks 6] [--tp 2] [--port 8799]
+Usage: python bench/bench_serve.py [--chunks 6] [--rounds 5] [--tp 2] [--port 8799]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import threading
 import time
 
@@ -38,15 +42,16 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
-def config(tiny_path: str, tp: int, chunks: int):
+def config(tiny_path: str, tp: int):
     from deployments.config import ServingConfig
 
     return ServingConfig.model_validate(
         {
             "app_name": "helios",
             "models": {
+                # pacing off (benchmark-only): the served stream runs as fast as the bare pipeline can.
                 "helios-tiny": {"kind": "helios", "path": tiny_path, "tp_size": tp, "pool_size": 1,
-                                "cpus_per_worker": 0.25, "lookahead": chunks + 2, "options": TINY},
+                                "cpus_per_worker": 0.25, "pacing": "off", "options": TINY},
                 "test-pattern": {"kind": "test-pattern", "pool_size": 8, "options": {"height": 128, "width": 128}},
             },
             "tenants": [{"name": "bench", "api_keys": [KEY], "quota": {"max_concurrent_sessions": 16}}],
@@ -57,24 +62,31 @@ def config(tiny_path: str, tp: int, chunks: int):
     )
 
 
-def bare_fps(tiny_path: str, tp: int, chunks: int) -> float:
-    """Frames/s of the pipeline alone on a shard group of `tp` ranks (chunk 0 excluded: warm-up)."""
-    from deployments.shard import ShardGroupEngine, create_shard_group, destroy_shard_group
+class BareGroup:
+    """A shard group of `tp` ranks driven directly (no session, relay or HTTP): the bare pipeline's speed."""
 
-    group = asyncio.run(create_shard_group("bench", tiny_path, tp_size=tp, device="cpu", dtype="float32",
-                                           cpus_per_worker=0.25, overrides=TINY))
-    try:
-        engine = ShardGroupEngine(group)
-        engine.reset(1)
-        engine.set_prompt("a red fox in the snow")
-        engine.next_chunk()
+    def __init__(self, tiny_path: str, tp: int):
+        from deployments.shard import ShardGroupEngine, create_shard_group
+
+        self.group = asyncio.run(create_shard_group("bench", tiny_path, tp_size=tp, device="cpu", dtype="float32",
+                                                    cpus_per_worker=0.25, overrides=TINY))
+        self.engine = ShardGroupEngine(self.group)
+
+    def fps(self, chunks: int) -> float:
+        """Frames/s over `chunks` chunks from a reset (chunk 0 excluded: warm-up, as for the served viewer)."""
+        self.engine.reset(1)
+        self.engine.set_prompt("a red fox in the snow")
+        self.engine.next_chunk()
         t0 = time.perf_counter()
         n = 0
         for _ in range(chunks - 1):
-            n += engine.next_chunk().frames.shape[0]
+            n += self.engine.next_chunk().frames.shape[0]
         return n / (time.perf_counter() - t0)
-    finally:
-        destroy_shard_group(group)
+
+    def close(self) -> None:
+        from deployments.shard import destroy_shard_group
+
+        destroy_shard_group(self.group)
 
 
 class Viewer(threading.Thread):
@@ -164,6 +176,7 @@ def scaling(http: httpx.Client, sessions: int, viewers: int, chunks: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, default=6, help="chunks per FPS measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="bare/served measurement pairs, alternating")
     ap.add_argument("--tp", type=int, default=2, help="TP size of the tiny model")
     ap.add_argument("--port", type=int, default=8799)
     ap.add_argument("--scaling-chunks", type=int, default=4)
@@ -178,19 +191,28 @@ def main() -> None:
 
     tiny = str(make_tiny_pipeline(os.path.expanduser("~/.cache/helios-serve/tiny"), seed=0))
     with local_cluster(**CPU_CLUSTER):
-        bare = bare_fps(tiny, args.tp, args.chunks)
-        emit(bench="serve", metric="bare_fps", tp=args.tp, value=round(bare, 3))
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build_app(config(tiny, args.tp, args.chunks)), name="helios", route_prefix="/")
-        ray.get(ray.get_actor(registry_actor_name("helios"), namespace=NAMESPACE).wait_warm.remote(600))
+        serve.run(build_app(config(tiny, args.tp)), name="helios", route_prefix="/")
+        registry = ray.get_actor(registry_actor_name("helios"), namespace=NAMESPACE)
         http = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120)
-        fps, _ = served_fps(http, args.chunks)
-        # The machine is shared: measure the bare pipeline again after and compare with the mean of both.
-        ray.get(ray.get_actor(registry_actor_name("helios"), namespace=NAMESPACE).wait_warm.remote(600))
-        bare_after = bare_fps(tiny, args.tp, args.chunks)
-        bare_mean = (bare + bare_after) / 2
-        emit(bench="serve", metric="fps_ratio", tp=args.tp, served_fps=round(fps, 3), bare_fps_before=round(bare, 3),
-             bare_fps_after=round(bare_after, 3), ratio=round(fps / bare_mean, 3), chunks=args.chunks)
+        bare_group = BareGroup(tiny, args.tp)
+        bare, served = [], []
+        try:
+            # Alternate, so both sides see the same (shared, noisy) machine on average; both unpaced.
+            for i in range(args.rounds):
+                bare.append(bare_group.fps(args.chunks))
+                ray.get(registry.wait_warm.remote(600))
+                served.append(served_fps(http, args.chunks)[0])
+                emit(bench="serve", metric="fps_pair", round=i, bare_fps=round(bare[-1], 3), served_fps=round(served[-1], 3),
+                     ratio=round(served[-1] / bare[-1], 3), load_avg=round(os.getloadavg()[0], 2))
+        finally:
+            bare_group.close()
+        mean_bare, mean_served = sum(bare) / len(bare), sum(served) / len(served)
+        emit(bench="serve", metric="fps_ratio", tp=args.tp, pacing="off", served_fps=round(mean_served, 3),
+             bare_fps=round(mean_bare, 3), ratio=round(mean_served / mean_bare, 3),
+             pair_ratios=[round(s / b, 3) for s, b in zip(served, bare)],
+             median_pair_ratio=round(statistics.median(s / b for s, b in zip(served, bare)), 3),
+             chunks=args.chunks, rounds=args.rounds, load_avg=round(os.getloadavg()[0], 2))
         relay = serve.get_deployment_handle("Relay", "helios")
         lat = relay.stats.remote().result()["latency_s"]
         emit(bench="serve", metric="latency", what="generation end -> first viewer byte (relay)",

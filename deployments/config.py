@@ -95,6 +95,12 @@ class ModelSpec(_Strict):
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where the shard workers run.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activation dtype.")
     lookahead: int = Field(1, ge=0, le=16, description="Chunks the generator may run ahead of real-time playback.")
+    pacing: Literal["realtime", "off"] = Field(
+        "realtime",
+        description="Benchmark-only: 'off' releases every chunk the moment it is generated (no real-time playback, no "
+        "just-in-time starts), to measure serving overhead against the bare pipeline (bench/bench_serve.py). Never serve "
+        "viewers with it.",
+    )
     cpus_per_worker: float = Field(0.5, ge=0, description="Ray CPUs reserved per shard worker (bundle size).")
     options: dict[str, Any] = Field(
         default_factory=dict,

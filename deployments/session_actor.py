@@ -35,7 +35,7 @@ from deployments.protocol import (
     SessionStats,
 )
 from deployments.shard import ShardGroupEngine
-from helios.runtime import RateLimitSpec, Session, TokenBucket
+from helios.runtime import RateLimitSpec, Session, TokenBucket, pacing_options
 from helios.runtime.messages import Message, ack_message, event_message
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,10 @@ class SessionActor:
     def _build(self) -> None:
         built = self.model_factory(self.group, int(self.seed) if self.seed is not None else 0)
         self.model, self.engine = built.model, built.engine
-        self.session = Session(self.model, ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id)
+        self.session = Session(
+            self.model, ActorSink(self), lookahead=self.spec.lookahead, release="chunk", session_id=self.session_id,
+            **pacing_options(self.spec.pacing),
+        )
         self.session.start()
 
     def _apply_pending(self, pending: list[dict]) -> None:

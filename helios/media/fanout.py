@@ -181,6 +181,7 @@ class SessionEncoders:
             prompt=entry.meta.get("prompt"),
             fps=fps,
             timing=entry.meta.get("timing"),
+            produced_at=entry.produced_at,
         )
 
     def close(self) -> None:

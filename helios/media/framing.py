@@ -11,15 +11,26 @@ from helios.media.mp4 import check_frames
 
 
 def pack_chunk(
-    frames: np.ndarray, *, chunk: int, first_frame: int, prompt: str | None, fps: float, timing: dict | None = None
+    frames: np.ndarray,
+    *,
+    chunk: int,
+    first_frame: int,
+    prompt: str | None,
+    fps: float,
+    timing: dict | None = None,
+    produced_at: float | None = None,
 ) -> bytes:
     """One chunk as a msgpack map `{"type": "chunk", "chunk", "first_frame", "shape", "dtype", "frames", "prompt", "fps"}`.
 
     `timing` (chunk 0 only): wall-clock stamps of the session's way to its first frame, so a
     program can break its time to first frame down (bench/bench_interactivity.py).
+    `produced_at`: when the session handed the chunk out (Unix seconds), so a viewer measures its
+    own chunk latency (bench/bench_load.py); absent when unknown.
     """
     check_frames(frames)
-    extra = {"timing": timing} if timing else {}
+    extra: dict = {"timing": timing} if timing else {}
+    if produced_at is not None:
+        extra["produced_at"] = float(produced_at)
     return msgpack.packb(
         {
             "type": "chunk",

@@ -125,3 +125,21 @@ class FakeClock:
     def step(self, timeout: float = 10.0) -> float:
         """Advance to the earliest sleeper's deadline and return the new time."""
         return self.advance_to(self.next_deadline(timeout))
+
+
+class UnpacedClock:
+    """Benchmark-only: `base`'s time, but every wait returns at once, so nothing is ever paced.
+
+    Used with `pacing: off` (deployments/config.py) to measure serving overhead against the bare
+    pipeline: playback releases each chunk the moment it is generated. Interruption still wins
+    (a stopped session returns False), so stop and reset behave as with the real clock.
+    """
+
+    def __init__(self, base: Clock | None = None) -> None:
+        self.base: Clock = base if base is not None else MonotonicClock()
+
+    def now(self) -> float:
+        return self.base.now()
+
+    def sleep_until(self, deadline: float, interrupt: threading.Event) -> bool:
+        return not interrupt.is_set()
