@@ -14,7 +14,7 @@ test-pattern model only (no model time, paced real time), so it measures serving
 - `relay_cpu`: CPU seconds of the relay per viewer per second of video for mp4, mjpeg and msgpack,
   N viewers of one format at a time on one session, in one run (plus the relay with no viewer).
 
-Usage: python bench/bench_load.py [--port 8799] [--sessions 1,2,4,8] [--viewers 1,4,16] [--chunks 6]
+Usage: python bench/bench_load.py [--port 8799] [--sessions 1,2,4,8,16] [--viewers 1,4,16] [--chunks 8]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import psutil
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from load_knee import Step, find_knee, passes, percentile, ramp  # noqa: E402 - bench scripts import their siblings by name
+from load_knee import Step, delivered_fps, find_knee, passes, percentile, ramp  # noqa: E402 - bench scripts import their siblings by name
 from served_app import CPU_CLUSTER, KEY, local_cluster  # noqa: E402
 
 FPS = 24.0
@@ -244,12 +244,8 @@ async def delete_sessions(client: httpx.AsyncClient, bodies: list[dict]) -> None
 
 
 def viewer_fps(rec: ViewerRecord) -> float | None:
-    """Frames per second a viewer got, from its second chunk's arrival to its last (the first is the prefill)."""
-    c = rec.chunks
-    if len(c) < 3:
-        return None
-    span = c[-1][2] - c[1][2]
-    return sum(n for _, n, _, _ in c[2:]) / span if span > 0 else None
+    """Frames per second a viewer got after its first chunk (the live-edge prefill): `delivered_fps`."""
+    return delivered_fps([(t, n) for _, n, t, _ in rec.chunks[1:]])
 
 
 def relay_counters(relay) -> dict:
@@ -358,9 +354,9 @@ async def format_phases(base: str, viewers: int, seconds: float, meter: ProcessM
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8799)
-    ap.add_argument("--sessions", default="1,2,4,8", help="session counts of the ramp")
+    ap.add_argument("--sessions", default="1,2,4,8,16", help="session counts of the ramp")
     ap.add_argument("--viewers", default="1,4,16", help="viewers per session of the ramp")
-    ap.add_argument("--chunks", type=int, default=6, help="chunks every viewer reads per step (after its first)")
+    ap.add_argument("--chunks", type=int, default=8, help="chunks every viewer reads per step (after its first)")
     ap.add_argument("--command-rate", type=float, default=0.5, help="set_prompt per second per session")
     ap.add_argument("--size", type=int, default=128, help="frame height and width of the test pattern")
     ap.add_argument("--max-steps", type=int, default=12)
@@ -387,16 +383,21 @@ def main() -> None:
             for phase in asyncio.run(format_phases(base, args.format_viewers, args.format_seconds, meter)):
                 emit(bench="load", metric="relay_cpu", **phase)
 
+        details: dict[tuple[int, int], dict] = {}
+
         def measure(s: int, v: int) -> Step:
             before = relay_counters(relay)
             step, detail = asyncio.run(load_step(base, s, v, args.chunks, args.command_rate, meter))
+            details[(s, v)] = detail
             emit(bench="load", metric="step", **asdict(step), passed=passes(step, CHUNK_S), **detail,
                  **relay_since(before, relay_counters(relay)), load_avg=round(os.getloadavg()[0], 2))
             return step
 
         steps = ramp(sessions, viewers, measure, CHUNK_S, max_steps=args.max_steps)
-        emit(bench="load", metric="knee", **find_knee(steps, CHUNK_S), steps=len(steps),
-             load_avg=[round(x, 2) for x in os.getloadavg()])
+        knee = find_knee(steps, CHUNK_S)
+        at = details.get((knee["knee"]["sessions"], knee["knee"]["viewers"])) if knee["knee"] else None
+        emit(bench="load", metric="knee", **knee, steps=len(steps), load_avg=[round(x, 2) for x in os.getloadavg()],
+             knee_p50_ms=at and at["p50_ms"], knee_p99_ms=at and at["p99_ms"], knee_processes=at and at["processes"])
 
 
 if __name__ == "__main__":

@@ -44,6 +44,28 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def delivered_fps(arrivals: Sequence[tuple[float, int]]) -> float | None:
+    """Frames per second a viewer got: the least-squares slope of frames received so far against arrival time.
+
+    `arrivals` is (arrival time, frames) per chunk, in order. A fit over every chunk, not the first
+    and last alone, so one chunk arriving early or late (a busy machine) barely moves it, while
+    skipped chunks (a slow viewer is moved forward) and a slow generator lower it. None for fewer
+    than 3 chunks.
+    """
+    if len(arrivals) < 3:
+        return None
+    ts = [t for t, _ in arrivals]
+    ys, total = [], 0
+    for _, n in arrivals:
+        total += n
+        ys.append(total)
+    mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
+    var = sum((t - mt) ** 2 for t in ts)
+    if var <= 0:
+        return None
+    return sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var
+
+
 def passes(step: Step, chunk_s: float, min_ratio: float = 0.95) -> bool:
     """True when `step` kept up: real time within `min_ratio`, p99 within one chunk (`chunk_s`), no error."""
     return (

@@ -65,3 +65,15 @@ def test_no_passing_step_has_no_knee_and_percentiles_interpolate():
     assert knee.percentile([0.0, 10.0], 99) == pytest.approx(9.9)
     with pytest.raises(ValueError):
         knee.percentile([1.0], 101)
+
+
+def test_delivered_fps_is_the_slope_of_frames_against_arrival_time():
+    regular = [(i * CHUNK_S, 33) for i in range(8)]
+    assert knee.delivered_fps(regular) == pytest.approx(24.0)
+    # One chunk a third of a chunk late moves the fit by a few percent, not the ~15% of first-to-last.
+    jittered = list(regular)
+    jittered[1] = (jittered[1][0] + CHUNK_S / 3, 33)
+    assert knee.delivered_fps(jittered) == pytest.approx(24.0, rel=0.05)
+    # Every other chunk skipped (a slow viewer moved forward): half the frames per second.
+    assert knee.delivered_fps(regular[::2]) == pytest.approx(12.0)
+    assert knee.delivered_fps(regular[:2]) is None
