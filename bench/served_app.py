@@ -41,7 +41,14 @@ def local_cluster(**init) -> Iterator[None]:
     import ray
     from ray import serve
 
-    ray.init(**{"address": "local", **init}, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):
+        try:
+            ray.init(**{"address": "local", **init}, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray's fixed 30 s raylet start-up wait, missed on a loaded machine
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
     try:
         yield
     finally:
