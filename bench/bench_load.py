@@ -55,7 +55,8 @@ def config(max_sessions: int, size: int):
         "tenants": [{"name": "bench", "api_keys": [KEY],
                      "quota": {"max_concurrent_sessions": max_sessions + 2, "max_streams": 4096, "max_event_streams": 4096}}],
         "session_linger_s": 1,
-        "spare_session_actors": 2,
+        # No spares: a replacement spare (an actor importing the runtime) would start inside the measured step.
+        "spare_session_actors": 0,
         "front_door": {"num_cpus": 0.1, "autoscaling": None},
         "relay": {"num_cpus": 0.1, "autoscaling": None},
     })

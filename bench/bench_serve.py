@@ -56,6 +56,9 @@ def config(tiny_path: str, tp: int):
             },
             "tenants": [{"name": "bench", "api_keys": [KEY], "quota": {"max_concurrent_sessions": 16}}],
             "session_linger_s": 1,
+            # No spare session actors: a session taking a spare starts its replacement (an actor importing the
+            # runtime, seconds of CPU) during the measured chunks, a start-up cost that is not per-chunk serving.
+            "spare_session_actors": 0,
             "front_door": {"num_cpus": 0.1, "autoscaling": None},
             "relay": {"num_cpus": 0.1, "autoscaling": None},
         }
