@@ -33,6 +33,7 @@ import msgpack
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench_load import ProcessMeter  # noqa: E402
 from served_app import CPU_CLUSTER, KEY, active_session, local_cluster  # noqa: E402 - after the environment it reads
 
 TINY = {"height": 128, "width": 128, "pyramid_steps": [1, 1, 1]}
@@ -199,15 +200,23 @@ def main() -> None:
         registry = ray.get_actor(registry_actor_name("helios"), namespace=NAMESPACE)
         http = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120)
         bare_group = BareGroup(tiny, args.tp)
+        meter = ProcessMeter()
         bare, served = [], []
         try:
             # Alternate, so both sides see the same (shared, noisy) machine on average; both unpaced.
             for i in range(args.rounds):
+                meter.start()
                 bare.append(bare_group.fps(args.chunks))
+                bare_procs = meter.stop()
                 ray.get(registry.wait_warm.remote(600))
+                meter.start()
                 served.append(served_fps(http, args.chunks)[0])
+                served_procs = meter.stop()
+                # Where the CPU went (cores per process kind over each measurement): time the served side loses.
                 emit(bench="serve", metric="fps_pair", round=i, bare_fps=round(bare[-1], 3), served_fps=round(served[-1], 3),
-                     ratio=round(served[-1] / bare[-1], 3), load_avg=round(os.getloadavg()[0], 2))
+                     ratio=round(served[-1] / bare[-1], 3), load_avg=round(os.getloadavg()[0], 2),
+                     bare_cores={k: v["cores"] for k, v in bare_procs.items()},
+                     served_cores={k: v["cores"] for k, v in served_procs.items()})
         finally:
             bare_group.close()
         mean_bare, mean_served = sum(bare) / len(bare), sum(served) / len(served)
