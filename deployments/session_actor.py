@@ -333,6 +333,11 @@ class SessionActor:
         ack = await asyncio.to_thread(call)
         return ack.get("data", ack) if isinstance(ack, dict) and ack.get("type") == "ack" else ack
 
+    async def log_seq(self) -> int:
+        """The sequence number of the last message logged so far (0: none): the front door sends the
+        refusals it answers itself after the log up to here, so a WebSocket's acks keep their order."""
+        return self.next_seq - 1
+
     async def info(self) -> SessionStats:
         """Status for GET /v1/sessions/{id} and /metrics."""
         return SessionStats(

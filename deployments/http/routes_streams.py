@@ -152,20 +152,53 @@ class StreamRoutes(FrontDoorBase):
             lease.release()
 
     async def _ws_session(self, websocket: WebSocket, rec: SessionRecord, owner: bool, after: int) -> None:
-        """Pump messages out and commands in until either side ends (a frame over `max_body_bytes` closes 1009)."""
+        """Pump messages out and commands in until either side ends (a frame over `max_body_bytes` closes 1009).
+
+        Acks go out in the order the commands came in: a session's own ack travels through its
+        message log, so a refusal answered here (a frame the schema rejects, the command rate)
+        waits until the socket has sent the log up to the acks of every earlier command.
+        """
         limit = self.config.max_body_bytes
         current = [rec]
         """The record commands go by: queued until pump_out sees the admission (set-up commands are kept meanwhile)."""
+        sent_seq = [after]
+        """The log sequence number of the last message this socket sent."""
+        log_owes = [False]
+        """True while an earlier command's ack may be in the log and not yet sent on this socket."""
+        moved = asyncio.Condition()
+        out_done = [False]
 
         async def send(message: Message) -> None:
             await websocket.send_text(json.dumps(message))
 
         async def pump_out() -> None:
-            current[0] = await self._wait_active(current[0])
-            async for item in self._messages(current[0], after):
-                if item is not None:
-                    await send(item[1])
-            await websocket.close(code=1000, reason="session ended")
+            try:
+                current[0] = await self._wait_active(current[0])
+                async for item in self._messages(current[0], after):
+                    if item is not None:
+                        await send(item[1])
+                        async with moved:
+                            sent_seq[0] = item[0]
+                            moved.notify_all()
+                await websocket.close(code=1000, reason="session ended")
+            finally:
+                async with moved:
+                    out_done[0] = True
+                    moved.notify_all()
+
+        async def refuse(cmd_id: str | None, detail: str) -> None:
+            """A refusal the session never saw, shaped like its own: an `error` event, then the failed ack."""
+            if log_owes[0]:
+                seq = await self._log_seq(current[0])
+                async with moved:
+                    try:
+                        await asyncio.wait_for(moved.wait_for(lambda: sent_seq[0] >= seq or out_done[0]),
+                                               self.config.command_timeout_s)
+                    except TimeoutError:  # a reader this slow is disconnected by its own send; answer anyway
+                        pass
+                log_owes[0] = False
+            await send(error_message(detail))
+            await send(ack_message(cmd_id, False, detail))
 
         async def pump_in() -> None:
             while True:
@@ -178,25 +211,25 @@ class StreamRoutes(FrontDoorBase):
                     await websocket.close(code=WS_FRAME_TOO_LARGE, reason=exc.detail[:120])
                     return
                 if text is None:
-                    await send(ack_message(None, False, "message: send commands as JSON text frames, not binary frames"))
+                    await refuse(None, "message: send commands as JSON text frames, not binary frames")
                     continue
                 try:
                     cmd = CommandRequest.model_validate_json(text).model_dump()
                 except ValidationError as exc:
                     err = exc.errors()[0]
-                    await send(ack_message(_maybe_id(text), False, f"{field_of(err.get('loc', ())) or 'message'}: {err.get('msg')}"))
+                    await refuse(_maybe_id(text), f"{field_of(err.get('loc', ())) or 'message'}: {err.get('msg')}")
                     continue
                 if not owner:
-                    await send(ack_message(cmd.get("id"), False, "token: a viewer token is read-only; use an API key to send commands"))
+                    await refuse(cmd.get("id"), "token: a viewer token is read-only; use an API key to send commands")
                     continue
                 try:
                     ack = await self._run_command(current[0], cmd)  # a session's own ack arrives through the message log
                     if ack.get("queued"):  # kept for admission: say so here, the real ack follows on the log
                         await send({"type": "ack", "data": ack})
+                    else:
+                        log_owes[0] = True
                 except ServeError as exc:  # refused before the session saw it: answer on this socket only
-                    detail = cause_of(exc).detail  # an actor's error arrives wrapped by Ray
-                    await send(error_message(detail))
-                    await send(ack_message(cmd.get("id"), False, detail))
+                    await refuse(cmd.get("id"), cause_of(exc).detail)  # an actor's error arrives wrapped by Ray
 
         tasks = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in())]
         try:
@@ -206,6 +239,16 @@ class StreamRoutes(FrontDoorBase):
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def _log_seq(self, rec: SessionRecord) -> int:
+        """The sequence number of the last message in the session's log (0 when its actor is gone)."""
+        actor = await self._actor(rec.actor_name) if rec.status is not SessionStatus.ENDED else None
+        if actor is None:
+            return 0
+        try:
+            return int(await actor.log_seq.remote())
+        except ray.exceptions.RayActorError:
+            return 0
 
     @router.get(
         "/v1/sessions/{session_id}/stream",

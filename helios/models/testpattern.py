@@ -104,7 +104,8 @@ class TestPatternEngine(SynchronousEngine):
 
     def _background(self, i: int) -> np.ndarray:
         h, w = self.height, self.width
-        shift = (self._frame + i) * 2 + self._seed * 7
+        # The bars repeat every `w` shifts: reduce in Python ints, so any seed up to 2**63-1 fits numpy's int64.
+        shift = ((self._frame + i) * 2 + self._seed * 7) % w
         cols = ((np.arange(w) + shift) * len(_BARS) // w) % len(_BARS)
         bars = np.broadcast_to(_BARS[cols][None, :, :], (h, w, 3))
         if self._image is None:

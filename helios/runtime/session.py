@@ -39,6 +39,13 @@ _STOP = object()
 _COMMAND_KEYS = {"command", "args", "id"}
 
 
+def _echo_id(cmd: Any) -> str | int | None:
+    """The id an ack echoes: the command's string (or int) id; None for anything else, so every
+    ack, the refusals of a session that has ended included, carries an id a client can match."""
+    cmd_id = cmd.get("id") if isinstance(cmd, dict) else None
+    return cmd_id if isinstance(cmd_id, (str, int)) and not isinstance(cmd_id, bool) else None
+
+
 class Session:
     """One live stream: a model, its sink, its threads. Not restartable."""
 
@@ -114,8 +121,7 @@ class Session:
             if self._accepting and self._started:
                 self._commands.put((cmd, fut))
                 return fut
-        cmd_id = cmd.get("id") if isinstance(cmd, dict) else None
-        fut.set_result(ack_message(cmd_id, False, "session has ended" if self._started else "session not started")["data"])
+        fut.set_result(ack_message(_echo_id(cmd), False, "session has ended" if self._started else "session not started")["data"])
         return fut
 
     def call(self, cmd: Any, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -255,9 +261,8 @@ class Session:
         try:
             if not isinstance(cmd, dict):
                 raise CommandError(f"command: expected an object {{command, args, id}}, got {type(cmd).__name__}")
-            cmd_id = cmd.get("id")
-            if cmd_id is not None and not isinstance(cmd_id, (str, int)):
-                cmd_id = None
+            cmd_id = _echo_id(cmd)
+            if cmd.get("id") is not None and cmd_id is None:
                 raise CommandError("id: must be a string")
             extra = set(cmd) - _COMMAND_KEYS
             if extra:
@@ -324,7 +329,7 @@ class Session:
                 break
             if item is not _STOP:
                 cmd, fut = item
-                fut.set_result(ack_message(cmd.get("id") if isinstance(cmd, dict) else None, False, "session has ended")["data"])
+                fut.set_result(ack_message(_echo_id(cmd), False, "session has ended")["data"])
         self._playback.finish(drain=drain)
         try:
             self.model.on_session_end()

@@ -194,6 +194,19 @@ def test_stop_while_waiting_ends_with_reason_and_nothing_after():
     assert session_threads(session) == []
 
 
+@pytest.mark.parametrize("cmd_id, echoed", [("c1", "c1"), (7, 7), (1.5, None), (["x"], None), (True, None)])
+def test_commands_after_the_end_echo_the_same_ids_as_live_ones(cmd_id, echoed):
+    """Found by the protocol fuzzer: a session that had ended echoed any `id` (1.5, a list) in its refusal."""
+    sink = MemorySink()
+    session = Session(Counter(), sink).start()
+    live = session.call({"command": "add", "args": {"value": 1}, "id": cmd_id})
+    assert live["id"] == echoed
+    session.stop("deleted")
+    assert session.join(10)
+    assert session.call({"command": "add", "args": {"value": 1}, "id": cmd_id}) == {
+        "id": echoed, "ok": False, "error": "session has ended", "result": None}
+
+
 def test_stop_while_generator_blocked_on_pacing():
     clock = FakeClock()  # never advanced: the generator blocks on the lookahead
     sink = MemorySink(clock)

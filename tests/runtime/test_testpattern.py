@@ -78,3 +78,17 @@ def test_model_streams_through_a_session():
     assert session.join(10) and session_threads(session) == []
     assert sink.blocks[0].frames.shape == (1, 32, 48, 3)
     assert [e["chunk"] for e in sink.events("chunk_complete")][:3] == [0, 1, 2]
+
+
+def test_any_valid_seed_draws_frames():
+    """Found by the protocol fuzzer: set_seed accepts up to 2**63-1, which overflowed numpy's int64
+    in the bars' phase and ended the session with a generation error."""
+    from helios.models.helios import MAX_SEED
+
+    eng = TestPatternEngine(32, 48, frames_per_chunk=2)
+    frames = {}
+    for seed in (0, 7, 2**31, MAX_SEED):
+        eng.reset(seed)
+        frames[seed] = eng.next_chunk().frames
+        assert frames[seed].shape == (2, 32, 48, 3)
+    assert not np.array_equal(frames[0], frames[7])  # the seed still moves the bars
