@@ -195,7 +195,7 @@ class StreamRoutes(FrontDoorBase):
                         await asyncio.wait_for(moved.wait_for(lambda: sent_seq[0] >= seq or out_done[0]),
                                                self.config.command_timeout_s)
                     except TimeoutError:  # a reader this slow is disconnected by its own send; answer anyway
-                        pass
+                        logger.info("ws of %s: refusal sent before the log caught up (seq %d)", rec.session_id, seq)
                 log_owes[0] = False
             await send(error_message(detail))
             await send(ack_message(cmd_id, False, detail))

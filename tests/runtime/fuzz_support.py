@@ -73,7 +73,7 @@ def with_id(cmd: dict[str, Any], cid: Any) -> dict[str, Any]:
 
 
 @st.composite
-def commands(draw, int_ids: bool = True) -> tuple[dict[str, Any] | Any, bool | None]:
+def commands(draw) -> tuple[dict[str, Any] | Any, bool | None]:
     """Any command of the protocol, valid or not, with a repeated-prone id."""
     cid = draw(ids)
     kind = draw(st.sampled_from(["set_prompt", "schedule_prompt", "set_image", "set_seed", "start", "pause", "resume",

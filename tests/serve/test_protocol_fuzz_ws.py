@@ -23,7 +23,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from helios.models.limits import SessionLimits
 from tests.runtime.fuzz_support import command_name, commands, fuzz_settings
 from tests.runtime.protocol_oracle import Sent, StreamChecker, tally
-from tests.serve.conftest import wait_for
 
 WAIT_S = 60.0
 MODEL = "test-pattern"
