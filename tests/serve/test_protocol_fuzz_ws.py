@@ -207,7 +207,7 @@ def test_protocol_fuzz_over_the_websocket(served):
     served.wait_free(MODEL, 1)
     SocketFuzz.served = served
     try:
-        SocketFuzz.TestCase.settings = fuzz_settings(ci_examples=8, steps=16)
+        SocketFuzz.TestCase.settings = fuzz_settings(ci_examples=6, steps=16)
         SocketFuzz.TestCase().runTest()
     finally:
         SocketFuzz.served = None
