@@ -411,7 +411,10 @@ class MsePlayer extends Player {
     const t = this.element.currentTime;
     let ref = null;
     for (const r of this._refs) if (r[0] <= t + 1e-3) ref = r;
-    if (ref) this.latencyMs = Date.now() - (ref[1] + (t - ref[0]) * 1000);
+    // A chunk is generated whole: every frame of it ended generation at its prft time. (Adding the
+    // frame's offset in the chunk, as if frames were made at the playback rate, reads negative
+    // when the player jumps towards the live edge of a chunk that has just arrived.)
+    if (ref) this.latencyMs = Date.now() - ref[1];
     this._emit("stats", { latencyMs: this.latencyMs, bitrate: this.bitrate, frames: this.frames, currentTime: t });
   }
 
@@ -448,6 +451,8 @@ class HlsPlayer extends Player {
     if (Hls && Hls.isSupported()) {
       this.hls = new Hls({ lowLatencyMode: true, enableWorker: false, liveSyncDurationCount: 2, backBufferLength: KEEP_BUFFER_S });
       this.hls.on(Hls.Events.FRAG_LOADED, (_, d) => this._count(d.payload ? d.payload.byteLength : 0));
+      // The segment on screen: its EXT-X-PROGRAM-DATE-TIME is its chunk's generation end.
+      this.hls.on(Hls.Events.FRAG_CHANGED, (_, d) => { this._fragDateMs = d.frag.programDateTime; });
       this.hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) this._emit("error", new Error(`hls.js: ${d.details}`)); });
       this.hls.loadSource(src);
       this.hls.attachMedia(video);
@@ -460,8 +465,9 @@ class HlsPlayer extends Player {
     }
     video.play().catch(() => { /* autoplay refused */ });
     this._tick = setInterval(() => {
-      const date = this.hls ? this.hls.playingDate : (video.getStartDate && video.getStartDate());
-      if (date && this.hls) this.latencyMs = Date.now() - date.getTime();
+      // Not `now - hls.playingDate`: playingDate adds the position within the segment, as if its
+      // frames were made at the playback rate, and so runs ahead of a chunk generated whole.
+      if (this.hls && this._fragDateMs) this.latencyMs = Date.now() - this._fragDateMs;
       this._emit("stats", { latencyMs: this.latencyMs, bitrate: this.bitrate, frames: this.frames, currentTime: video.currentTime });
     }, 250);
   }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import ray
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 10.0
 """Long-poll window of SSE/WS against the session actor (a keep-alive goes out after each empty one)."""
+END_REASON_WAIT_S = 120.0
+"""How long a reader whose session actor is gone waits for the registry to say why the session ended."""
 STREAM_MEDIA = {fmt: media_type(fmt) for fmt in FORMATS}
 
 router = APIRouter()
@@ -95,10 +98,19 @@ class StreamRoutes(FrontDoorBase):
                 yield after, item.message
                 if item.message.get("data", {}).get("event") == "session_ended":
                     return
-        # Actor gone (or the session ended before it started): say so, once, with the registry's reason
-        # (for an actor that died, the watchdog's: it concludes within a round or two).
-        wait_s = 2 * self.config.watchdog_period_s + PING_TIMEOUT_S
-        fresh = await self.registry.wait_ended.remote(rec.session_id, wait_s) if is_valid_session_id(rec.session_id) else None
+        # Actor gone (or the session ended before it started): say so, once, with the registry's reason.
+        # For an actor that died that is the watchdog's, which concludes within a round or two of
+        # `watchdog_period_s`, far later on a loaded machine: the reader is kept (keep-alive ticks)
+        # while it waits, up to END_REASON_WAIT_S, so the client learns why rather than a bare "ended".
+        fresh = None
+        if is_valid_session_id(rec.session_id):
+            round_s = 2 * self.config.watchdog_period_s + PING_TIMEOUT_S
+            deadline = time.monotonic() + END_REASON_WAIT_S
+            while True:
+                fresh = await self.registry.wait_ended.remote(rec.session_id, round_s)
+                if fresh is None or fresh.status is SessionStatus.ENDED or time.monotonic() >= deadline:
+                    break
+                yield None
         fresh = fresh or rec
         yield after + 1, event_message("session_ended", reason=fresh.end_reason or "ended")
 
