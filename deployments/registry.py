@@ -338,6 +338,7 @@ class SessionRegistry(RegistryReaders, RegistryRecovery, RegistryWatchdog, Regis
         if rec is None:
             return None
         rec.end(reason)
+        self._session_actors.forget(rec.actor_name)  # handles of live sessions only (docs/soak.md)
         self._remember(rec)
         self.readers.drop_session(session_id)
         self._notify_status()

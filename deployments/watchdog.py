@@ -138,7 +138,7 @@ class RegistryWatchdog:
     async def _session_death(self, rec: Any) -> str | None:
         handle = await self._session_actors.get(rec.actor_name)
         why = await self._pinger.dead(rec.session_id, handle, SESSION_ACTOR_DIED)
-        if why is not None:
+        if why is not None or rec.session_id not in self.sessions:  # dead, or ended during the ping: not kept
             self._session_actors.forget(rec.actor_name)
         return why
 

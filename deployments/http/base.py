@@ -19,9 +19,9 @@ from fastapi import Request, WebSocket
 
 from deployments.auth import Authenticator, bearer_key, token_matches
 from deployments.config import ServingConfig
-from deployments.lookup import ActorCache, ResolvingHandle
+from deployments.lookup import ActorCache, ResolvingHandle, get_actor
 from deployments.metrics import FrontDoorMetrics
-from deployments.naming import is_valid_session_id
+from deployments.naming import NAMESPACE, is_valid_session_id
 from deployments.setup_commands import check_setup_command, queued_ack
 from helios.media.storage import RecordingStorage
 from deployments.protocol import (
@@ -143,6 +143,13 @@ class FrontDoorBase:
     async def _actor(self, actor_name: str) -> Any | None:
         """The session actor's handle (cached, looked up off the event loop), or None once it is gone."""
         return await self._actors.get(actor_name)
+
+    async def _lingering_actor(self, rec: SessionRecord) -> Any | None:
+        """The actor of an ended session while it lingers (viewers drain it), else None. Never cached: the
+        cache holds live sessions' handles only, and this one's is dropped (docs/soak.md: nothing of an
+        ended session stays in a long-lived process)."""
+        self._actors.forget(rec.actor_name)
+        return await get_actor(rec.actor_name, NAMESPACE)
 
     async def _wait_active(self, rec: SessionRecord) -> SessionRecord:
         """Hold a reader of a queued session until it is admitted (or ends): a long poll on the registry."""

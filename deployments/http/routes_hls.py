@@ -43,7 +43,7 @@ class HlsRoutes(FrontDoorBase):
 
     async def _hls_session(self, request: Request, session_id: str) -> SessionRecord:
         rec, _ = await self._readable(request, session_id)
-        if rec.status is SessionStatus.ENDED and await self._actor(rec.actor_name) is None:
+        if rec.status is SessionStatus.ENDED and await self._lingering_actor(rec) is None:
             raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
         player = (session_id, request.client.host if request.client else "", request.headers.get("user-agent", ""))
         await self.hls_players.touch(player, lambda: self._open_reader(rec, "stream"))

@@ -126,6 +126,7 @@ class SessionRoutes(FrontDoorBase):
                     if info.ended:
                         # The actor knows first; the registry hears of the end a moment later.
                         rec = replace(rec, status=SessionStatus.ENDED, end_reason=info.end_reason)
+                        self._actors.forget(rec.actor_name)
                 except (ray.exceptions.RayActorError, TimeoutError):  # ended between the two calls
                     rec = await self._record(session_id) or rec
         return session_info(rec, state, owner)
@@ -137,6 +138,7 @@ class SessionRoutes(FrontDoorBase):
         """End the session (session_ended {reason: 'deleted'}) and free its shard group."""
         rec = await self._owned(request, session_id)
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
+        self._actors.forget(rec.actor_name)  # an ended session's handle is not kept (docs/soak.md)
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
 
     @router.post(

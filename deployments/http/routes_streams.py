@@ -281,7 +281,7 @@ class StreamRoutes(FrontDoorBase):
         if format not in STREAM_MEDIA:
             raise InvalidField(f"format: {format!r} is not one of {sorted(STREAM_MEDIA)}", field="format")
         rec, _ = await self._readable(request, session_id)
-        if rec.status is SessionStatus.ENDED and await self._actor(rec.actor_name) is None:
+        if rec.status is SessionStatus.ENDED and await self._lingering_actor(rec) is None:
             raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
         lease = await self._open_reader(rec, "stream")
         try:
