@@ -86,6 +86,10 @@ class ReaderTable:
         for lease in [k for k, v in self.leases.items() if v[0] == session_id]:
             self.close(lease)
 
+    def counts(self) -> dict[str, int]:
+        """Entries per table (0 everywhere once no reader is open: the soak checks it)."""
+        return {"reader_leases": len(self.leases), "reader_sessions": len(self.per_session), "reader_tenants": len(self.per_tenant)}
+
     def snapshot(self) -> dict[str, int]:
         return {"open": len(self.leases), **{f"refused_{k}": v for k, v in self.refused.items()}}
 

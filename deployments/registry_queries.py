@@ -95,6 +95,24 @@ class RegistryQueries:
         """Worker handles of a group (tests and operators: inspect or kill a rank)."""
         return self.pools.group_workers(group_id)
 
+    async def state_counts(self) -> dict[str, int]:
+        """Entries of every per-session table (the soak checks which stay bounded: docs/soak.md).
+
+        `ended` is a memo of the last ENDED_KEPT ended sessions (bounded by design); every other one
+        is 0 with no session live or queued."""
+        return {
+            "sessions": len(self.sessions), "ended": len(self.ended), "pending": len(self.pending),
+            "launching": len(self._launching), "request_of": len(self._request_of), "spare_of": len(self._spare_of),
+            "ending": len(self._ending), "queued": sum(len(q) for q in self.queues.values()),
+            "tasks": len(self._tasks), "actor_cache": len(self._session_actors), **self.readers.counts(),
+        }
+
+    async def memory_report(self, trim: bool = False, objects: bool = False, trace: bool = False) -> dict:
+        """What this process holds (helios.runtime.memdebug; docs/soak.md)."""
+        from helios.runtime.memdebug import memory_report
+
+        return {**memory_report(trim, objects, trace), "state": await self.state_counts()}
+
     @RETRIED
     async def stats(self) -> RegistryStats:
         """Counts for /metrics and /healthz."""

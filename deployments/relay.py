@@ -354,6 +354,23 @@ class Relay:
         }
         return {"sessions": sessions, "hls": hls, **self._stats.snapshot()}
 
+    def state_counts(self) -> dict[str, int]:
+        """Per-session state this replica holds now: 0 everywhere once no session is watched or recorded
+        (the soak and tests/serve/test_soak.py check it; finished writers are a bounded memo, not counted)."""
+        return {
+            "feeds": len(self._feeds),
+            "hls": len(self._hls),
+            "recordings": len(self._recordings),
+            "open_writers": sum(1 for w in self._writers.values() if not w.closed),
+            "viewers": sum(len(f.fanout.viewers) for f in self._feeds.values()),
+        }
+
+    def memory_report(self, trim: bool = False, objects: bool = False, trace: bool = False) -> dict:
+        """What this replica holds (helios.runtime.memdebug; docs/soak.md)."""
+        from helios.runtime.memdebug import memory_report
+
+        return {**memory_report(trim, objects, trace), "state": self.state_counts(), "writers_kept": len(self._writers)}
+
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.ensure_future(self._sweep_forever())

@@ -148,6 +148,12 @@ class ShardWorker:
         """OS process id (tests kill it to simulate a crash)."""
         return os.getpid()
 
+    def memory_report(self, trim: bool = False, objects: bool = False, trace: bool = False) -> dict:
+        """What this rank holds (helios.runtime.memdebug; the soak asks it: docs/soak.md)."""
+        from helios.runtime.memdebug import memory_report
+
+        return {**memory_report(trim, objects, trace), "begun": len(self._begun)}
+
 
 @dataclass
 class ShardGroup:

@@ -69,3 +69,10 @@ class FrontDoor(
         self.hls_players = HlsPlayers()
         self.metrics_cache = TimedCache(self._scrape, config.metrics_cache_s)
         self.recordings = RecordingStorage(config.recording_uri)
+
+    def memory_report(self, trim: bool = False, objects: bool = False, trace: bool = False) -> dict:
+        """What this replica holds (helios.runtime.memdebug; docs/soak.md): a handle call, no HTTP route."""
+        from helios.runtime.memdebug import memory_report
+
+        return {**memory_report(trim, objects, trace),
+                "state": {"actor_cache": len(self._actors), "hls_players": len(self.hls_players)}}
