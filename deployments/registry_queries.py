@@ -111,7 +111,9 @@ class RegistryQueries:
         """What this process holds (helios.runtime.memdebug; docs/soak.md)."""
         from helios.runtime.memdebug import memory_report
 
-        return {**memory_report(trim, objects, trace), "state": await self.state_counts()}
+        from deployments.detached import loaded_actor_classes
+
+        return {**memory_report(trim, objects, trace), "state": await self.state_counts(), "actor_classes": loaded_actor_classes()}
 
     @RETRIED
     async def stats(self) -> RegistryStats:

@@ -369,7 +369,10 @@ class Relay:
         """What this replica holds (helios.runtime.memdebug; docs/soak.md)."""
         from helios.runtime.memdebug import memory_report
 
-        return {**memory_report(trim, objects, trace), "state": self.state_counts(), "writers_kept": len(self._writers)}
+        from deployments.detached import loaded_actor_classes
+
+        return {**memory_report(trim, objects, trace), "state": self.state_counts(), "writers_kept": len(self._writers),
+                "actor_classes": loaded_actor_classes()}
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():

@@ -74,5 +74,7 @@ class FrontDoor(
         """What this replica holds (helios.runtime.memdebug; docs/soak.md): a handle call, no HTTP route."""
         from helios.runtime.memdebug import memory_report
 
-        return {**memory_report(trim, objects, trace),
+        from deployments.detached import loaded_actor_classes
+
+        return {**memory_report(trim, objects, trace), "actor_classes": loaded_actor_classes(),
                 "state": {"actor_cache": len(self._actors), "hls_players": len(self.hls_players)}}

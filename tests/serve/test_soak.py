@@ -136,14 +136,23 @@ def test_sessions_coming_and_going_leave_nothing_and_grow_nothing(served):
     assert sum(long_lived.values()) <= TOTAL_GROWTH_MB, long_lived
 
 
-def test_ended_sessions_leave_no_actor_handle_in_the_registry_or_front_door(served):
-    """Session actor handles are cached per session id (deployments/lookup.py ActorCache, up to 4,096): an
-    ended session's handle must go with it, not stay until the cache is full (found by the soak)."""
+def test_ended_sessions_leave_no_actor_handle_or_class_in_the_long_lived_processes(served):
+    """Found by the soak (docs/soak.md): session actor handles are cached per session id (deployments/lookup.py
+    ActorCache, up to 4,096), and an ended session's must go with it; and every session actor is of one Ray
+    actor class (deployments/detached.py), not a new one per session that each process loads and keeps."""
     from ray import serve
 
     served.settle()
     registry = served.registry()
     front_door = serve.get_deployment_handle("FrontDoor", APP_NAME)
+    relay = serve.get_deployment_handle("Relay", APP_NAME)
+
+    def classes() -> dict[str, int]:
+        return {"front_door": front_door.memory_report.remote().result(timeout_s=60)["actor_classes"],
+                "relay": relay.memory_report.remote().result(timeout_s=60)["actor_classes"],
+                "registry": ray.get(registry.memory_report.remote(), timeout=60)["actor_classes"]}
+
+    before = classes()
     for model in ("test-pattern", "helios-tiny", "test-pattern"):
         r = served.create(model=model)
         assert r.status_code in (201, 202), r.text
@@ -158,3 +167,7 @@ def test_ended_sessions_leave_no_actor_handle_in_the_registry_or_front_door(serv
     # The front door's prefetch of a just-created session's handle may land after its DELETE: wait for it.
     wait_for(lambda: front_door.memory_report.remote().result(timeout_s=60)["state"]["actor_cache"] == 0, 60,
              "no session actor handle left in the front door")
+    # At most the one session actor class, loaded once by a process that had not met it yet (a new one
+    # per session added 3 here).
+    after = classes()
+    assert all(after[p] - before[p] <= 1 for p in before), (before, after)
