@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.schema import ApplicationStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def app_gone(app_name: str) -> bool | None:
         logger.info("serve.status failed (%s): no answer, asking again", exc)
         return None
     app = apps.get(app_name)
-    return app is None or str(app.status) == "DELETING"
+    return app is None or app.status == ApplicationStatus.DELETING  # a str enum: str() of it is "ApplicationStatus.DELETING"
 
 
 class AppWatcher:

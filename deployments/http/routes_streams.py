@@ -40,6 +40,7 @@ from deployments.protocol import (
 )
 from deployments.watchdog import PING_TIMEOUT_S
 from helios.media.formats import FORMATS, media_type
+from helios.media.framing import pack_interrupted
 from helios.media.recording import stored_playable_length
 from helios.media.skipforward import skip_forward
 from helios.runtime.messages import Message, ack_message, error_message, event_message
@@ -308,9 +309,11 @@ class StreamRoutes(FrontDoorBase):
             try:
                 async for piece in skip_forward(pieces(), format):
                     yield bytes(piece)
-            except Exception as exc:  # noqa: BLE001 - the viewer sees the stream end; log why
+            except Exception as exc:  # noqa: BLE001 - the relay failed mid-stream (its replica died): say so
                 self.metrics.errors.labels("stream").inc()
                 logger.warning("stream of %s ended with %s", session_id, exc)
+                if format == "msgpack":  # the one format with a place for it; the session goes on: resume with from=
+                    yield pack_interrupted(f"relay_unavailable: {type(cause_of(exc)).__name__}")
             finally:
                 gen.cancel()
                 lease.release()

@@ -224,6 +224,8 @@ class FrameDecoder:
         self._unpacker = self._new_unpacker()
         self.ended = False
         self.end_reason: str | None = None
+        self.interrupted: str | None = None
+        """Why the server cut the last stream short (an `interrupted` map), if it did."""
         self.last_chunk: int | None = None
         self.last_end: int = 0  # first_frame + n of the last delivered item of last_chunk
         self._resume_chunk: int | None = None
@@ -260,6 +262,10 @@ class FrameDecoder:
         if kind == "end":
             self.ended = True
             self.end_reason = obj.get("reason")
+            return None
+        if kind == "interrupted":  # the stream was cut short (the relay failed); the caller reconnects with from=
+            self.interrupted = obj.get("reason")
+            log.info("frame stream interrupted (%s); resuming after chunk %s", self.interrupted, self.last_chunk)
             return None
         if kind != "chunk":
             return None

@@ -1,4 +1,4 @@
-"""msgpack stream framing for programs: raw frames plus metadata, one map per chunk, then an end map."""
+"""msgpack stream framing for programs: raw frames plus metadata, one map per chunk, then an end (or interrupted) map."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def pack_chunk(
 def pack_end(reason: str | None) -> bytes:
     """The last map of a stream: `{"type": "end", "reason"}`."""
     return msgpack.packb({"type": "end", "reason": reason}, use_bin_type=True)
+
+
+def pack_interrupted(reason: str) -> bytes:
+    """The last map of a stream cut short while its session goes on: `{"type": "interrupted", "reason"}`.
+
+    Not an end: reconnect with `from=<last chunk received + 1>` (resumed while that chunk is
+    still in the relay's window). Readers that know only "chunk" and "end" skip it.
+    """
+    return msgpack.packb({"type": "interrupted", "reason": reason}, use_bin_type=True)
 
 
 def unpack_stream(pieces: Iterable[bytes]) -> Iterator[dict]:

@@ -151,6 +151,25 @@ class Served(TenantApi):
 
         wait_for(idle, timeout, "every session ended and every slot given back")
 
+    def wait_ready(self, timeout: float = 240) -> None:
+        """Wait until the app is whole again after a fault: /readyz 200 and every pool and spare warm."""
+        import ray
+
+        def ready() -> bool:
+            try:
+                return self.http.get("/readyz", timeout=30).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, "/readyz 200", poll=0.5)
+        ray.get(self.registry().wait_warm.remote(timeout), timeout=timeout + 30)
+
+    def assert_nothing_leaked(self, timeout: float = 180) -> float:
+        """tests/serve/leaks.py against the baseline taken when the app was first warm; seconds it waited."""
+        from tests.serve.leaks import assert_nothing_leaked
+
+        return assert_nothing_leaked(self.baseline, timeout)
+
     def wait_free(self, model: str, slots: int, timeout: float = 180) -> None:
         """Wait until `model` has `slots` free slots and an empty queue (earlier sessions may still be ending)."""
         wait_for(lambda: (m := self.stats()["models"][model])["free"] >= slots and m["queued"] == 0, timeout,
@@ -185,6 +204,9 @@ def served(ray_cluster, tiny_pipeline_dir):
         wait_for(lambda: _haproxy_routes_to_replicas(port), 120, "HAProxy routing to the front door's own HTTP server")
     assert all(m["free"] >= 1 for m in stats["models"].values()), stats
     s.settle()  # the client and browser tests may have used this app first
+    from tests.serve.leaks import take_baseline
+
+    s.baseline = take_baseline(recording_folder(str(tiny_pipeline_dir)))
     _started.append(s)
     yield s
     _started.remove(s)

@@ -290,16 +290,9 @@ def test_msgpack_frames_bit_identical_to_bare_pipeline(scenario, tiny_pipeline_d
 
 
 def test_no_actor_or_extra_placement_group_left(served, scenario):
-    name = scenario["actor_name"]
-
-    def gone():
-        try:
-            ray.get_actor(name, namespace="helios")
-            return False
-        except ValueError:
-            return True
-
-    wait_for(gone, 60, f"actor {name} to exit")
+    # tests/serve/leaks.py: only pool groups, their ranks and spares left; no placement group,
+    # reader lease, relay feed, object-store growth or temp file beyond the baseline.
+    served.assert_nothing_leaked()
     stats = wait_for(lambda: (s := served.stats())["models"]["helios-tiny"]["free"] == 2 and s, 60, "group back in the pool")
     assert stats["models"]["helios-tiny"]["leased"] == 0
     created = [p for p in ray.util.placement_group_table().values()
@@ -327,6 +320,11 @@ def test_killing_a_shard_worker_ends_only_its_session(served):
     served.command(b, "start")
     ended = wait_for(lambda: (s := served.get(b))["status"] == "ended" and s, 180, "session b ended")
     assert "shard worker rank 1" in ended["end_reason"] and "died" in ended["end_reason"], ended
+    # A viewer (re)connecting is told why, not left waiting: 410 with the reason, once the actor has gone.
+    wait_for(lambda: served.http.get(f"/v1/sessions/{b}/stream", params={"format": "msgpack"},
+                                     headers=served.headers()).status_code == 410, 60, "b's stream answering 410")
+    gone = served.http.get(f"/v1/sessions/{b}/stream", params={"format": "msgpack"}, headers=served.headers())
+    assert ended["end_reason"] in gone.json()["detail"], gone.text
     # The other session is unaffected and the broken group is rebuilt.
     before = served.get(a)["state"]["current_chunk"]
     wait_for(lambda: served.get(a)["state"]["current_chunk"] > before, 60, "session a still generating")
@@ -334,3 +332,5 @@ def test_killing_a_shard_worker_ends_only_its_session(served):
     wait_for(lambda: served.stats()["models"]["helios-tiny"]["free"] == 2, 240, "group rebuilt")
     assert served.stats()["counters"]["groups_rebuilt"] >= 1
     served.delete(a)
+    served.wait_ready()
+    served.assert_nothing_leaked()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
 import ray
 
 from tests.serve.conftest import KEYS, wait_for
+from tests.serve.fault_clients import MsgpackViewer, record, resume
 
 pytestmark = pytest.mark.e2e
 
@@ -20,14 +22,20 @@ def _healthy(http: httpx.Client) -> bool:
         return False
 
 
-def test_killing_the_front_door_replica_keeps_sessions_streaming(served):
+def test_killing_the_front_door_replica_keeps_sessions_streaming(served, test_output_dir):
     sid = served.create(model="test-pattern").json()["session_id"]
     served.command(sid, "set_prompt", prompt="survive the restart")
     served.command(sid, "start")
-    wait_for(lambda: served.get(sid)["state"].get("current_chunk", 0) >= 1, 60, "first chunk")
+    viewer = MsgpackViewer(served, sid, 0)  # streaming through the replica that dies
+    viewer.start()
+    wait_for(lambda: viewer.chunks, 60, "first chunk at the viewer")
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "FrontDoor" in a["name"] and a["namespace"] == "serve"]
     assert len(replicas) == 1, replicas
+    t0 = time.monotonic()
     ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+    viewer.join(120)
+    # Its connection went with the replica (an error, or an end without an end map): never a false "ended".
+    assert not viewer.is_alive() and (viewer.last is None or viewer.last["type"] == "interrupted"), viewer.last
 
     def new_replica() -> bool:
         now = [a for a in ray.util.list_named_actors(all_namespaces=True) if "FrontDoor" in a["name"] and a["namespace"] == "serve"]
@@ -38,11 +46,19 @@ def test_killing_the_front_door_replica_keeps_sessions_streaming(served):
     assert info["status"] == "active"
     before = info["state"]["current_chunk"]
     wait_for(lambda: served.get(sid)["state"]["current_chunk"] > before, 60, "the session to keep generating")
-    # A viewer joining through the new replica gets live chunks.
-    with served.http.stream("GET", f"/v1/sessions/{sid}/stream", params={"format": "msgpack"}, headers=served.headers()) as r:
-        assert r.status_code == 200
-        assert next(r.iter_bytes())
+    # The viewer reconnects through the new replica from the chunk after its last one.
+    last = viewer.chunks[-1]
+    resumed, _ = resume(served, sid, last)
+    wait_for(lambda: resumed.chunks or not resumed.is_alive(), 120, "a chunk after the reconnect")
+    if resumed.status == 200:
+        assert resumed.chunks[0] == last + 1, (last, resumed.chunks)
+        record(test_output_dir, f"front-door replica killed: kill -> next chunk at a reconnected viewer "
+                                f"{resumed.arrived[0] - t0:.1f} s; resumed at chunk {last + 1} (nothing lost)")
+    else:  # down longer than the session's ring: the refusal names the chunks still kept
+        assert resumed.status == 422 and resumed.body["field"] == "from", resumed.body
     served.delete(sid)
+    served.wait_ready()
+    served.assert_nothing_leaked()
 
 
 def test_deleting_the_app_ends_sessions_and_frees_groups(served, tiny_pipeline_dir):

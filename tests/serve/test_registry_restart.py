@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from tests.serve.conftest import KEYS, TenantApi, serving_config, wait_for
+from tests.serve.fault_clients import MsgpackViewer
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +99,7 @@ def _chunks_after(sid: str, after: int) -> int:
     return batch.latest
 
 
-def test_killed_registry_restarts_with_sessions_queue_commands_quotas_and_groups(recover_app, test_output_dir):
+def test_killed_registry_restarts_with_sessions_queue_commands_quotas_and_groups(recover_app, served, test_output_dir):
     app = recover_app
     # An active helios-tiny session (the one group), streaming.
     r = app.create("helios-tiny")
@@ -164,6 +165,8 @@ def test_killed_registry_restarts_with_sessions_queue_commands_quotas_and_groups
     for sid in (tiny, tiny_queued, *queued):
         app.http.delete(f"/v1/sessions/{sid}", headers=app.headers())
     wait_for(lambda: not app.stats()["sessions"], 60, "every session ended")
+    ray.get(app.registry().wait_warm.remote(240))
+    served.assert_nothing_leaked()  # the old incarnation's spares exited, no group built twice
 
 
 def test_a_registry_that_is_replaced_is_resolved_again_by_the_front_door(recover_app):
@@ -208,7 +211,7 @@ def _sse_events(app: RecoverApp, sid: str, out: list[dict]) -> None:
                     return
 
 
-def test_the_watchdog_ends_a_session_whose_actor_died_and_admits_the_next(recover_app):
+def test_the_watchdog_ends_a_session_whose_actor_died_and_admits_the_next(recover_app, served):
     import threading
 
     from deployments.naming import NAMESPACE, session_actor_name
@@ -229,17 +232,28 @@ def test_the_watchdog_ends_a_session_whose_actor_died_and_admits_the_next(recove
     reader = threading.Thread(target=_sse_events, args=(app, victim, events), daemon=True)
     reader.start()
     wait_for(lambda: events, 60, "the SSE stream's first message")
+    viewer = MsgpackViewer(app, victim, 0)
+    viewer.start()
+    wait_for(lambda: viewer.chunks or not viewer.is_alive(), 120, "a chunk at the video viewer")
+    assert viewer.chunks, (viewer.status, viewer.body, viewer.error)
     ray.kill(ray.get_actor(session_actor_name(victim), namespace=NAMESPACE), no_restart=True)
 
     ended = wait_for(lambda: (s := app.get(victim))["status"] == "ended" and s, 60, "the dead session ended by the watchdog")
     assert ended["end_reason"] == SESSION_ACTOR_DIED
     reader.join(60)
     assert events[-1]["data"] == {"event": "session_ended", "reason": SESSION_ACTOR_DIED}
+    # The video viewer's stream ends with the relay's reason; reconnecting, it is told the registry's.
+    viewer.join(60)
+    assert viewer.last == {"type": "end", "reason": "session actor gone"}, (viewer.last, viewer.error)
+    gone = MsgpackViewer(app, victim, viewer.chunks[-1] + 1)
+    gone.run()
+    assert gone.status == 410 and SESSION_ACTOR_DIED in gone.body["detail"], (gone.status, gone.body)
     # Its quota is free, and the queued session got the group (reused: its ranks answered).
     wait_for(lambda: app.get(waiting)["status"] == "active", 120, "the queued session admitted")
     assert app.stats()["tenants"]["alice"] == {"active": alice_before["active"], "queued": alice_before["queued"] - 1}
     assert app.http.delete(f"/v1/sessions/{waiting}", headers=app.headers()).status_code == 200
     wait_for(lambda: not app.stats()["sessions"], 60, "every session ended")
+    served.assert_nothing_leaked()
 
 
 def test_the_watchdog_rebuilds_a_free_group_whose_rank_died(recover_app):
