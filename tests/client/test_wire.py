@@ -117,6 +117,16 @@ def test_frame_decoder_resume_skips_what_was_delivered():
     assert [c.chunk for c in dec.feed(_item(0, 0, 33))] == [0]
 
 
+def test_frame_decoder_an_interrupted_stream_is_not_an_end():
+    """The front door's `interrupted` map (its relay died): the decoder keeps the reason, the session goes on."""
+    from helios.media.framing import pack_interrupted
+
+    dec = wire.FrameDecoder()
+    assert [c.chunk for c in dec.feed(_item(4, 132, 33) + pack_interrupted("relay_unavailable: ActorDiedError"))] == [4]
+    assert not dec.ended and dec.interrupted == "relay_unavailable: ActorDiedError"
+    assert dec.resume_from() == 4
+
+
 def test_ends_chunk_with_stream_or_chunk_relative_frames():
     dec = wire.FrameDecoder()
     whole, part1, part2 = dec.feed(_item(3, 99, 33) + _item(4, 0, 10) + _item(4, 10, 23))

@@ -120,7 +120,7 @@ def problems(base: Baseline) -> list[str]:
             if sid in live:
                 continue
             if not any(_owns_spare(reg, sid) for reg in registries):
-                found.append(f"session actor {name}: neither a live session nor a spare")
+                found.append(f"session actor {name}: neither a live session nor a spare ({_known_as(registries, sid)})")
         else:
             found.append(f"unexpected Helios actor {name}")
     for gid, state in groups.items():
@@ -150,6 +150,15 @@ def problems(base: Baseline) -> list[str]:
         if stray:
             found.append(f"stray files among the recordings: {stray}")
     return found
+
+
+def _known_as(registries: list, sid: str) -> str:
+    """What the registries know of `sid` (for the message): an ended session and why, or nothing."""
+    for reg in registries:
+        rec = ray.get(reg.get_session.remote(sid), timeout=60)
+        if rec is not None:
+            return f"{rec.status.value} session, end_reason {rec.end_reason!r}"
+    return "unknown to every registry"
 
 
 def _owns_spare(registry, sid: str) -> bool:
