@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from helios.models.helios import MAX_SEED
+from tests.runtime.runtime_support import png_b64
 
 FUZZ_EXAMPLES = int(os.environ.get("HELIOS_FUZZ_EXAMPLES", "0") or 0)
 """0: the CI budget; N: run N examples per machine (a long local run)."""
@@ -37,16 +38,7 @@ def fuzz_settings(ci_examples: int, steps: int) -> settings:
     )
 
 
-def _png_b64(w: int, h: int, data_url: bool) -> str:
-    img = np.zeros((h, w, 3), dtype=np.uint8)
-    img[:, : w // 2] = (200, 30, 30)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    text = base64.b64encode(buf.getvalue()).decode()
-    return f"data:image/png;base64,{text}" if data_url else text
-
-
-GOOD_IMAGES = [_png_b64(48, 32, True), _png_b64(8, 8, False)]
+GOOD_IMAGES = [png_b64(48, 32, True), png_b64(8, 8, False)]
 BAD_IMAGES = ["not base64 !!", base64.b64encode(b"GIF89a not really").decode(), "", "   ",
               "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\nbroken").decode()]
 

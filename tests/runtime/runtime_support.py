@@ -3,11 +3,14 @@ decide when each chunk is generated, and a message recorder that slices per comm
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from typing import Any
 from unittest.mock import ANY
 
 import numpy as np
+from PIL import Image
 
 from helios.pipeline.engine import ChunkResult, SynchronousEngine
 from helios.runtime import MemorySink, Session, get_ctx
@@ -197,3 +200,13 @@ def run_out(clock: Any, session: Session, timeout: float = 30.0) -> None:
         if session.ended:
             return
         clock.advance_to(clock.next_deadline())
+
+
+def png_b64(w: int = 48, h: int = 32, data_url: bool = True) -> str:
+    """A small two-colour PNG as base64 (a data URL by default): a valid `set_image` payload."""
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:, : w // 2] = (200, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    text = base64.b64encode(buf.getvalue()).decode()
+    return f"data:image/png;base64,{text}" if data_url else text

@@ -20,19 +20,10 @@ from PIL import Image
 from helios.models.helios import HeliosModel
 from helios.runtime import MemorySink, Session
 
-from .runtime_support import GatedEngine, Recorder, ack, event, failed, session_threads, state
+from .runtime_support import GatedEngine, Recorder, ack, event, failed, png_b64, session_threads, state
 
 HW = 64
 F = 33
-
-
-def png_b64(w: int = 48, h: int = 32, data_url: bool = True) -> str:
-    img = np.zeros((h, w, 3), dtype=np.uint8)
-    img[:, : w // 2] = (200, 30, 30)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    text = base64.b64encode(buf.getvalue()).decode()
-    return f"data:image/png;base64,{text}" if data_url else text
 
 
 @pytest.fixture
