@@ -95,6 +95,10 @@ class StreamChecker:
         self.ended = 0
         self.end_reason: str | None = None
         self.rate_limited = 0
+        self.fed = 0
+        """How many messages of the stream `feed_new` has been given so far."""
+        self.broken = False
+        """An invariant already failed: a teardown only ends the session (the first failure is the report)."""
         self._reset_stream()
 
     # --- the state the messages imply ---------------------------------------------------
@@ -158,6 +162,16 @@ class StreamChecker:
     def feed_all(self, messages: list[dict[str, Any]]) -> None:
         for m in messages:
             self.feed(m)
+
+    def feed_new(self, stream: list[dict[str, Any]]) -> None:
+        """Feed what `stream` (everything received so far) holds past what was fed before; a failed
+        invariant marks the checker `broken` and is raised."""
+        try:
+            self.feed_all(stream[self.fed:])
+        except AssertionError:
+            self.broken = True
+            raise
+        self.fed = len(stream)
 
     def feed(self, msg: dict[str, Any]) -> None:
         where = f"message #{len(self.history)} {msg!r:.300}"

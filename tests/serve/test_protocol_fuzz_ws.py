@@ -99,18 +99,10 @@ class SocketFuzz(RuleBasedStateMachine):
         self.reader = SocketReader(self.ws)
         self.checker = StreamChecker(limits=served.config.models[MODEL].limits or SessionLimits(),
                                      image_size=(opts["width"], opts["height"]), seed=None, rate_limited_ok=True)
-        self.fed = 0
         self.deleted = False
-        self.broken = False
 
     def _feed(self) -> None:
-        items = self.reader.snapshot()
-        try:
-            self.checker.feed_all(items[self.fed:])
-        except AssertionError:
-            self.broken = True
-            raise
-        self.fed = len(items)
+        self.checker.feed_new(self.reader.snapshot())
 
     def _send(self, cmd: Any, valid: bool | None) -> None:
         outside = frame_refusal(cmd)
@@ -181,7 +173,7 @@ class SocketFuzz(RuleBasedStateMachine):
         cmd, _ = drawn
         r = self.served.http.post(f"/v1/sessions/{self.sid}/commands", json=cmd, headers=self.served.headers())
         assert r.status_code in (409, 422), r.text
-        assert len(self.reader.snapshot()) == self.fed
+        assert len(self.reader.snapshot()) == self.checker.fed
 
     @invariant()
     def stream_holds(self) -> None:
@@ -191,7 +183,7 @@ class SocketFuzz(RuleBasedStateMachine):
         try:
             if not self.deleted:
                 self._end()
-            if self.broken:
+            if self.checker.broken:
                 return
             c = self.checker
             assert c.ended == 1, f"{c.ended} session_ended messages"
