@@ -41,14 +41,9 @@ def local_cluster(**init) -> Iterator[None]:
     import ray
     from ray import serve
 
-    for attempt in range(5):
-        try:
-            ray.init(**{"address": "local", **init}, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception as exc:  # noqa: BLE001 - Ray's fixed 30 s raylet start-up wait, missed on a loaded machine
-            if "timed out during startup" not in str(exc) or attempt == 4:
-                raise
-            ray.shutdown()
+    from deployments.local_ray import start_local_ray
+
+    start_local_ray(tries=5, **{"address": "local", **init}, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

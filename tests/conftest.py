@@ -56,47 +56,16 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-helios"), seed=0)
 
 
-RAYLET_START_TRIES = 3
-"""ray.init waits a hard-coded 30 s for its raylet to register; a 2-core machine under load can miss that."""
-
-
-def start_local_ray(**init) -> None:
-    """`ray.init(**init)`, tried again (after a shutdown) when only the raylet's registration timed out.
-
-    The error is Ray's "The current node timed out during startup": its processes start, but the
-    GCS has not heard from the raylet within 30 s (ray/_private/node.py, not configurable). Any other
-    failure is raised at once; the last try's is raised too.
-    """
-    import contextlib
-    import logging
-
-    import psutil
-    import ray
-
-    for attempt in range(1, RAYLET_START_TRIES + 1):
-        before = {p.pid for p in psutil.Process().children(recursive=True)}
-        try:
-            ray.init(**init)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this one
-            if "timed out during startup" not in str(exc) or attempt == RAYLET_START_TRIES:
-                raise
-            logging.getLogger(__name__).warning("ray.init try %d of %d: %s; starting again", attempt, RAYLET_START_TRIES, exc)
-            ray.shutdown()
-            # The failed node's processes (GCS, raylet, ...) are nobody's now: stop them.
-            for proc in psutil.Process().children(recursive=True):
-                if proc.pid not in before:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        proc.kill()
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The one local Ray cluster of the test session (DEVELOPERS rules: 4 CPUs, 256 MiB store)."""
     import ray
 
+    from deployments.local_ray import start_local_ray
+
     if not ray.is_initialized():
         start_local_ray(
+            tries=3,
             # Always a private cluster: a bare init() attaches to whatever `ray start` (or a
             # ray.cluster_utils.Cluster) on this machine last wrote to /tmp/ray/ray_current_cluster.
             address="local",
