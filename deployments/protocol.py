@@ -179,6 +179,8 @@ class SessionActorArgs:
     message_log_size: int
     linger_s: float
     assignment: SessionAssignment
+    spare: bool = False
+    """Started ahead of its session: it watches its registry's ownership from birth (deployments/spares.py)."""
 
 
 @dataclass(frozen=True)

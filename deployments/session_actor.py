@@ -92,14 +92,20 @@ class SessionActor:
         self._parked: asyncio.Future | None = None
         self._ready = asyncio.Event()
         """Set once start() has finished (successfully or not): commands wait for it."""
+        if args.spare:
+            # From birth, not from `park`: a registry that dies between creating a spare and parking it
+            # never parks it, and the spare must still exit (Ray runs an async actor's __init__ in its loop).
+            self._parked = asyncio.ensure_future(self._watch_owner())
 
     # ---- start-up -------------------------------------------------------------------
     async def park(self) -> None:
         """Wait as a spare (deployments/spares.py) until `start` makes this a session, or exit once the
         registry answers that it no longer owns it (a restarted registry does not keep its predecessor's
         spares, it starts its own; or it is shutting down), or no registry by its name exists: a spare
-        never outlives the registry that made it. Returns at once; the check runs in the background."""
-        self._parked = asyncio.ensure_future(self._watch_owner())
+        never outlives the registry that made it. Returns at once (the registry's "it is up"); the check
+        runs in the background, from the constructor on for an actor made as a spare."""
+        if self._parked is None:
+            self._parked = asyncio.ensure_future(self._watch_owner())
 
     async def _watch_owner(self) -> None:
         while not self._ready.is_set() and not self._starting:

@@ -7,9 +7,10 @@ for the session id it will carry: a session admitted at once takes one (its id i
 spare's), gets its tenant, group, seed and quotas in `start`, and a new spare is started
 behind it. A queued session, whose id was given out before, gets a new actor as before.
 
-A spare asks its registry every few seconds whether it is still owned and exits on a
-positive "no" (or when no registry by its name exists); a failed call (the registry
-restarting) is no answer and it asks again. Spares are not persisted: a restarted
+A spare asks its registry every few seconds, from its constructor on (a registry that
+dies between creating a spare and parking it never parks it), whether it is still owned
+and exits on a positive "no" (or when no registry by its name exists); a failed call (the
+registry restarting) is no answer and it asks again. A spare still being started is owned. Spares are not persisted: a restarted
 registry answers "no" for its predecessor's spares and starts its own (they cost only a
 process each, and a session admitted meanwhile simply starts a new actor). The registry
 kills its spares at shutdown. Nothing of a spare outlives the registry that made it.
@@ -42,12 +43,12 @@ def assignment_for(
 
 
 def session_actor_args(
-    config: ServingConfig, registry_name: str, session_id: str, model: str, assignment: SessionAssignment
+    config: ServingConfig, registry_name: str, session_id: str, model: str, assignment: SessionAssignment, spare: bool = False
 ) -> SessionActorArgs:
     """Everything a session actor of `model` is created with: sizes from `config`, then `assignment`."""
     return SessionActorArgs(
         session_id, model, config.models[model], registry_name,
-        config.ring_size, config.message_log_size, config.session_linger_s, assignment,
+        config.ring_size, config.message_log_size, config.session_linger_s, assignment, spare,
     )
 
 
@@ -66,6 +67,8 @@ class SpareActors:
         self.ready: dict[str, list[tuple[str, Any]]] = {m: [] for m in config.models}
         """Model -> parked (session id, handle), oldest first."""
         self.filling: dict[str, int] = {m: 0 for m in config.models}
+        self.making: set[str] = set()
+        """Ids of spares being started: owned already (each asks from birth, maybe before it is parked)."""
         self.closed = False
         self._spawn = spawn
 
@@ -87,7 +90,9 @@ class SpareActors:
 
     def owns(self, session_id: str) -> bool:
         """Whether `session_id` is one of the parked spares (asked by the spare itself)."""
-        return not self.closed and any(sid == session_id for spares in self.ready.values() for sid, _ in spares)
+        if self.closed:
+            return False
+        return session_id in self.making or any(sid == session_id for spares in self.ready.values() for sid, _ in spares)
 
     def close(self) -> None:
         """Start no more and kill every parked spare (at shutdown)."""
@@ -110,9 +115,11 @@ class SpareActors:
         sid = uuid.uuid4().hex
         placeholder = assignment_for(self.config, "", None, None, None)
         handle = None
+        self.making.add(sid)
         try:
             handle = create_session_actor(
-                session_actor_args(self.config, self.registry_name, sid, model, placeholder), self.config.control_plane_resources
+                session_actor_args(self.config, self.registry_name, sid, model, placeholder, spare=True),
+                self.config.control_plane_resources,
             )
             await handle.park.remote()
         except (ray.exceptions.RayError, ValueError) as exc:
@@ -122,6 +129,7 @@ class SpareActors:
             return
         finally:
             self.filling[model] -= 1
+            self.making.discard(sid)
         if self.closed:
             ray.kill(handle, no_restart=True)
             return

@@ -19,6 +19,7 @@ from fastapi import Request, WebSocket
 
 from deployments.auth import Authenticator, bearer_key, token_matches
 from deployments.config import ServingConfig
+from deployments.http.last_states import LastStates
 from deployments.lookup import ActorCache, ResolvingHandle, get_actor
 from deployments.metrics import FrontDoorMetrics
 from deployments.naming import NAMESPACE, is_valid_session_id
@@ -69,6 +70,8 @@ class FrontDoorBase:
     metrics: FrontDoorMetrics
     web_dir: Path
     _actors: ActorCache
+    last_states: LastStates
+    """The last state each live session's actor gave GET (deployments/http/last_states.py)."""
     metrics_cache: Any
     """`TimedCache` of the /metrics text (deployments/stats_cache.py)."""
     recordings: RecordingStorage

@@ -18,6 +18,7 @@ from deployments.config import ServingConfig
 from deployments.http import routes_admin, routes_hls, routes_ops, routes_sessions, routes_streams
 from deployments.http.errors import install_error_handlers
 from deployments.http.hls_players import HlsPlayers
+from deployments.http.last_states import LastStates
 from deployments.http.headers import Cors, SecurityHeaders
 from deployments.http.middleware import BodyLimit
 from deployments.lookup import ActorCache, ResolvingHandle
@@ -66,6 +67,7 @@ class FrontDoor(
         self.registry.cast("ready", True)
         self.web_dir = Path(config.web_dir).expanduser() if config.web_dir else REPO_WEB
         self._actors = ActorCache(NAMESPACE)
+        self.last_states = LastStates()
         self.hls_players = HlsPlayers()
         self.metrics_cache = TimedCache(self._scrape, config.metrics_cache_s)
         self.recordings = RecordingStorage(config.recording_uri)
@@ -77,4 +79,4 @@ class FrontDoor(
         from deployments.detached import loaded_actor_classes
 
         return {**memory_report(trim, objects, trace), "actor_classes": loaded_actor_classes(),
-                "state": {"actor_cache": len(self._actors), "hls_players": len(self.hls_players)}}
+                "state": {"actor_cache": len(self._actors), "last_states": len(self.last_states), "hls_players": len(self.hls_players)}}

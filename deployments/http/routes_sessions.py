@@ -53,7 +53,7 @@ def session_urls(sid: str, token: str) -> SessionUrls:
     )
 
 
-def session_info(rec: SessionRecord, state: dict | None = None, owner: bool = True) -> SessionInfo:
+def session_info(rec: SessionRecord, state: dict | None = None, owner: bool = True, state_age_s: float | None = None) -> SessionInfo:
     """GET /v1/sessions/{id} body; the viewer token only for the owner."""
     return SessionInfo(
         session_id=rec.session_id,
@@ -61,6 +61,7 @@ def session_info(rec: SessionRecord, state: dict | None = None, owner: bool = Tr
         position=rec.position,
         model=rec.model,
         state=state or {},
+        state_age_s=state_age_s,
         end_reason=rec.end_reason,
         viewer_token=rec.viewer_token if owner else None,
         urls=session_urls(rec.session_id, rec.viewer_token),
@@ -116,20 +117,31 @@ class SessionRoutes(FrontDoorBase):
     async def get_session(self, request: Request, session_id: str) -> SessionInfo:
         """Status, queue position, last state and end reason."""
         rec, owner = await self._readable(request, session_id)
-        state = {}
-        if rec.status is SessionStatus.ACTIVE:
-            actor = await self._actor(rec.actor_name)
-            if actor is not None:
-                try:
-                    info: SessionStats = await asyncio.wait_for(actor.info.remote(), timeout=INFO_TIMEOUT_S)
-                    state = info.state or {}
-                    if info.ended:
-                        # The actor knows first; the registry hears of the end a moment later.
-                        rec = replace(rec, status=SessionStatus.ENDED, end_reason=info.end_reason)
-                        self._actors.forget(rec.actor_name)
-                except (ray.exceptions.RayActorError, TimeoutError):  # ended between the two calls
-                    rec = await self._record(session_id) or rec
-        return session_info(rec, state, owner)
+        if rec.status is not SessionStatus.ACTIVE:
+            self.last_states.forget(session_id)
+            return session_info(rec, {}, owner)
+        actor = await self._actor(rec.actor_name)
+        try:
+            if actor is None:
+                raise LookupError(rec.actor_name)
+            info: SessionStats = await asyncio.wait_for(actor.info.remote(), timeout=INFO_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, TimeoutError, LookupError):
+            # Ended between the two calls, or the actor is slow to answer (a loaded host): the registry
+            # says which; a session still live answers with the last state read here, and its age.
+            rec = await self._record(session_id) or rec
+            kept = self.last_states.get(session_id) if rec.status is SessionStatus.ACTIVE else None
+            if kept is None:
+                self.last_states.forget(session_id)
+                return session_info(rec, {}, owner)
+            return session_info(rec, kept[0], owner, state_age_s=round(kept[1], 3))
+        if info.ended:
+            # The actor knows first; the registry hears of the end a moment later.
+            rec = replace(rec, status=SessionStatus.ENDED, end_reason=info.end_reason)
+            self._actors.forget(rec.actor_name)
+            self.last_states.forget(session_id)
+        elif info.state:
+            self.last_states.put(session_id, info.state)
+        return session_info(rec, info.state or {}, owner)
 
     @router.delete(
         "/v1/sessions/{session_id}", response_model=SessionDeleted, operation_id="delete_session", responses=error_responses(401, 404, 422)
@@ -138,7 +150,8 @@ class SessionRoutes(FrontDoorBase):
         """End the session (session_ended {reason: 'deleted'}) and free its shard group."""
         rec = await self._owned(request, session_id)
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
-        self._actors.forget(rec.actor_name)  # an ended session's handle is not kept (docs/soak.md)
+        self._actors.forget(rec.actor_name)
+        self.last_states.forget(session_id)  # an ended session's handle is not kept (docs/soak.md)
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
 
     @router.post(

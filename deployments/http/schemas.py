@@ -55,6 +55,10 @@ class SessionInfo(BaseModel):
     position: int | None = None
     model: str
     state: dict[str, Any] = Field(default_factory=dict, description="The last `state` message's data.")
+    state_age_s: float | None = Field(
+        None, description="null: `state` is the session's own, read now. A number: its actor did not answer in time "
+        "and `state` is the last one this server read, that many seconds ago.",
+    )
     end_reason: str | None = None
     viewer_token: str | None = Field(None, description="Only shown to the owning tenant.")
     urls: SessionUrls | None = None

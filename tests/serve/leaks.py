@@ -120,7 +120,8 @@ def problems(base: Baseline) -> list[str]:
             if sid in live:
                 continue
             if not any(_owns_spare(reg, sid) for reg in registries):
-                found.append(f"session actor {name}: neither a live session nor a spare ({_known_as(registries, sid)})")
+                found.append(f"session actor {name}: neither a live session nor a spare ({_known_as(registries, sid)}; "
+                             f"{_actor_says(name)})")
         else:
             found.append(f"unexpected Helios actor {name}")
     for gid, state in groups.items():
@@ -159,6 +160,17 @@ def _known_as(registries: list, sid: str) -> str:
         if rec is not None:
             return f"{rec.status.value} session, end_reason {rec.end_reason!r}"
     return "unknown to every registry"
+
+
+def _actor_says(name: str) -> str:
+    """What the leaked actor itself reports (for the message): its tenant, whether it ended, its chunks."""
+    from deployments.naming import NAMESPACE
+
+    try:
+        info = ray.get(ray.get_actor(name, namespace=NAMESPACE).info.remote(), timeout=30)
+    except (ValueError, ray.exceptions.RayError) as exc:
+        return f"no answer: {type(exc).__name__}"
+    return f"it says: tenant {info.tenant!r}, ended {info.ended} ({info.end_reason!r}), {info.chunks} chunks"
 
 
 def _owns_spare(registry, sid: str) -> bool:

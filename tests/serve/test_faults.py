@@ -210,3 +210,33 @@ def test_clients_dropped_mid_chunk_give_their_slot_back_and_resume(served, test_
     _finish(served, sid)
     for v in viewers:
         v.join(60)
+
+
+def test_a_session_actor_slow_to_answer_gets_its_last_state_and_its_age(served, tmp_path):
+    """GET while the session actor's event loop is blocked past the front door's wait: the last state
+    read, with its age (never an empty state for a live session); fresh again once it answers."""
+    from deployments.http.routes_sessions import INFO_TIMEOUT_S
+    from deployments.naming import NAMESPACE, session_actor_name
+
+    sid = started(served, "slow to answer")
+    fresh = wait_for(lambda: (s := served.get(sid))["state"].get("current_chunk", 0) >= 1 and s, 120, "a chunk made")
+    assert fresh["state_age_s"] is None
+    marker = tmp_path / "blocked"
+
+    def block_the_loop(self, path: str = str(marker), hold_s: float = INFO_TIMEOUT_S + 5) -> None:
+        import pathlib
+        import time as t
+
+        pathlib.Path(path).touch()
+        t.sleep(hold_s)  # the fault: a sync call on an async actor holds its event loop
+
+    actor = ray.get_actor(session_actor_name(sid), namespace=NAMESPACE)
+    blocked = actor.__ray_call__.remote(block_the_loop)
+    wait_for(marker.exists, 60, "the session actor's event loop blocked")
+    stale = served.get(sid)
+    assert stale["status"] == "active", stale
+    assert stale["state_age_s"] is not None and stale["state_age_s"] >= INFO_TIMEOUT_S, stale
+    assert stale["state"]["current_chunk"] >= fresh["state"]["current_chunk"], stale
+    ray.get(blocked, timeout=120)
+    wait_for(lambda: served.get(sid)["state_age_s"] is None, 60, "the actor's own state again")
+    _finish(served, sid)

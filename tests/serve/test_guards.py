@@ -326,3 +326,18 @@ def test_record_round_trips_token_fields():
     rec = SessionRecord("s" * 32, "t", "m", "tok", None, "a")
     copy = pickle.loads(pickle.dumps(rec.public()))
     assert copy.token_issued_at == rec.token_issued_at and copy.viewer_token == "tok"
+
+
+def test_last_states_keep_the_most_recently_read_sessions_and_forget_ended_ones():
+    from deployments.http.last_states import LastStates
+
+    states = LastStates(size=2)
+    states.put("a", {"current_chunk": 1})
+    states.put("b", {"current_chunk": 2})
+    assert states.get("a")[0] == {"current_chunk": 1}  # read: most recently used now
+    states.put("c", {"current_chunk": 3})  # over the bound: the least recently used ("b") goes
+    assert states.get("b") is None and len(states) == 2
+    state, age = states.get("c")
+    assert state == {"current_chunk": 3} and 0 <= age < 60
+    states.forget("a")
+    assert states.get("a") is None and len(states) == 1

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 IDLE_S = 3.0
 
 
-def session_actor(sid: str, idle_timeout_s: float, tenant: str = "tenant", registry_name: str = "no-registry"):
+def session_actor(sid: str, idle_timeout_s: float, tenant: str = "tenant", registry_name: str = "no-registry", spare: bool = False):
     """A test-pattern session actor named for `sid`, not started (tests/serve/test_spares.py parks one)."""
     return (
         ray.remote(SessionActor)
@@ -26,7 +26,7 @@ def session_actor(sid: str, idle_timeout_s: float, tenant: str = "tenant", regis
         .remote(
             SessionActorArgs(
                 sid, "test-pattern", ModelSpec(kind="test-pattern"), registry_name, ring_size=4, message_log_size=64,
-                linger_s=0.2, assignment=SessionAssignment(tenant, None, 0, idle_timeout_s, 600.0, None, None),
+                linger_s=0.2, assignment=SessionAssignment(tenant, None, 0, idle_timeout_s, 600.0, None, None), spare=spare,
             )
         )
     )

@@ -167,6 +167,7 @@ def test_ended_sessions_leave_no_actor_handle_or_class_in_the_long_lived_process
     # The front door's prefetch of a just-created session's handle may land after its DELETE: wait for it.
     wait_for(lambda: front_door.memory_report.remote().result(timeout_s=60)["state"]["actor_cache"] == 0, 60,
              "no session actor handle left in the front door")
+    assert front_door.memory_report.remote().result(timeout_s=60)["state"]["last_states"] == 0
     # At most the one session actor class, loaded once by a process that had not met it yet (a new one
     # per session added 3 here).
     after = classes()

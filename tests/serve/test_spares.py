@@ -53,3 +53,23 @@ def test_a_spare_that_no_registry_owns_exits(ray_cluster):
     actor = session_actor(sid, 600.0, tenant="", registry_name="no-such-registry")
     ray.get(actor.park.remote(), timeout=60)
     wait_for(lambda: not _exists(session_actor_name(sid)), 60, "the unowned spare to exit")
+
+
+def test_a_spare_never_parked_exits_once_no_registry_owns_it(ray_cluster):
+    """Its registry died between creating it and parking it: nobody calls `park`, and it still exits."""
+    sid = uuid.uuid4().hex
+    actor = session_actor(sid, 600.0, tenant="", registry_name="no-such-registry", spare=True)
+    assert ray.get(actor.info.remote(), timeout=60).session_id == sid  # up, and never parked
+    wait_for(lambda: not _exists(session_actor_name(sid)), 60, "the never-parked spare to exit")
+
+
+def test_a_spare_being_started_is_owned_by_its_registry(served):
+    """A spare asks from birth, maybe before its registry has it parked: the registry says yes meanwhile."""
+    registry = served.registry()
+    sid = uuid.uuid4().hex
+    assert not ray.get(registry.owns_spare.remote(sid))
+    ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.add(sid)))
+    try:
+        assert ray.get(registry.owns_spare.remote(sid))
+    finally:
+        ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.discard(sid)))
