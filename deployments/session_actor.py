@@ -102,10 +102,8 @@ class SessionActor:
         """Wait as a spare (deployments/spares.py) until `start` makes this a session, or exit once the
         registry answers that it no longer owns it (a restarted registry does not keep its predecessor's
         spares, it starts its own; or it is shutting down), or no registry by its name exists: a spare
-        never outlives the registry that made it. Returns at once (the registry's "it is up"); the check
-        runs in the background, from the constructor on for an actor made as a spare."""
-        if self._parked is None:
-            self._parked = asyncio.ensure_future(self._watch_owner())
+        never outlives the registry that made it. The check runs in the background from the constructor
+        on (`SessionActorArgs.spare`); this call answers the registry's "is it up"."""
 
     async def _watch_owner(self) -> None:
         while not self._ready.is_set() and not self._starting:

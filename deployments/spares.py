@@ -10,8 +10,8 @@ behind it. A queued session, whose id was given out before, gets a new actor as 
 A spare asks its registry every few seconds, from its constructor on (a registry that
 dies between creating a spare and parking it never parks it), whether it is still owned
 and exits on a positive "no" (or when no registry by its name exists); a failed call (the
-registry restarting) is no answer and it asks again. A spare still being started is owned. Spares are not persisted: a restarted
-registry answers "no" for its predecessor's spares and starts its own (they cost only a
+registry restarting) is no answer and it asks again. A spare still being started is owned.
+Spares are not persisted: a restarted registry answers "no" for its predecessor's spares and starts its own (they cost only a
 process each, and a session admitted meanwhile simply starts a new actor). The registry
 kills its spares at shutdown. Nothing of a spare outlives the registry that made it.
 """
@@ -66,9 +66,9 @@ class SpareActors:
         self.target = config.spare_session_actors
         self.ready: dict[str, list[tuple[str, Any]]] = {m: [] for m in config.models}
         """Model -> parked (session id, handle), oldest first."""
-        self.filling: dict[str, int] = {m: 0 for m in config.models}
-        self.making: set[str] = set()
-        """Ids of spares being started: owned already (each asks from birth, maybe before it is parked)."""
+        self.making: dict[str, str] = {}
+        """Session id -> model of the spares being started: owned already (each asks from birth, maybe
+        before it is parked), and counted by `_fill` against the target."""
         self.closed = False
         self._spawn = spawn
 
@@ -106,17 +106,16 @@ class SpareActors:
             spares.clear()
 
     def _fill(self, model: str) -> None:
-        while not self.closed and len(self.ready[model]) + self.filling[model] < self.target:
-            self.filling[model] += 1
-            self._spawn(self._make(model))
+        while not self.closed and len(self.ready[model]) + sum(m == model for m in self.making.values()) < self.target:
+            sid = uuid.uuid4().hex
+            self.making[sid] = model
+            self._spawn(self._make(model, sid))
 
-    async def _make(self, model: str) -> None:
-        """Start one spare and wait until it is up (parked); a failure is logged, the next take retries."""
-        sid = uuid.uuid4().hex
-        placeholder = assignment_for(self.config, "", None, None, None)
+    async def _make(self, model: str, sid: str) -> None:
+        """Start spare `sid` and wait until it is up (parked); a failure is logged, the next take retries."""
         handle = None
-        self.making.add(sid)
         try:
+            placeholder = assignment_for(self.config, "", None, None, None)
             handle = create_session_actor(
                 session_actor_args(self.config, self.registry_name, sid, model, placeholder, spare=True),
                 self.config.control_plane_resources,
@@ -128,8 +127,7 @@ class SpareActors:
                 ray.kill(handle, no_restart=True)
             return
         finally:
-            self.filling[model] -= 1
-            self.making.discard(sid)
+            self.making.pop(sid, None)
         if self.closed:
             ray.kill(handle, no_restart=True)
             return

@@ -150,8 +150,9 @@ class SessionRoutes(FrontDoorBase):
         """End the session (session_ended {reason: 'deleted'}) and free its shard group."""
         rec = await self._owned(request, session_id)
         out: SessionRecord | None = await self.registry.end_session.remote(session_id, "deleted")
+        # Nothing of an ended session is kept: its handle, its last state (docs/soak.md).
         self._actors.forget(rec.actor_name)
-        self.last_states.forget(session_id)  # an ended session's handle is not kept (docs/soak.md)
+        self.last_states.forget(session_id)
         return SessionDeleted(session_id=session_id, end_reason=(out or rec).end_reason)
 
     @router.post(

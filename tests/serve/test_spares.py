@@ -50,7 +50,7 @@ def test_an_admitted_session_starts_on_a_spare_and_a_new_spare_replaces_it(serve
 
 def test_a_spare_that_no_registry_owns_exits(ray_cluster):
     sid = uuid.uuid4().hex
-    actor = session_actor(sid, 600.0, tenant="", registry_name="no-such-registry")
+    actor = session_actor(sid, 600.0, tenant="", registry_name="no-such-registry", spare=True)
     ray.get(actor.park.remote(), timeout=60)
     wait_for(lambda: not _exists(session_actor_name(sid)), 60, "the unowned spare to exit")
 
@@ -68,8 +68,8 @@ def test_a_spare_being_started_is_owned_by_its_registry(served):
     registry = served.registry()
     sid = uuid.uuid4().hex
     assert not ray.get(registry.owns_spare.remote(sid))
-    ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.add(sid)))
+    ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.__setitem__(sid, "test-pattern")))
     try:
         assert ray.get(registry.owns_spare.remote(sid))
     finally:
-        ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.discard(sid)))
+        ray.get(registry.__ray_call__.remote(lambda self: self.spares.making.pop(sid, None)))
