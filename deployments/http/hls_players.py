@@ -3,9 +3,11 @@
 A player is (session, client address, User-Agent) on this front-door replica: its first
 request opens a reader lease (so `max_viewers_per_session` and the tenant's `max_streams`
 refuse one too many with 429), later requests renew it, and it is released once the
-player has asked for nothing for `PLAYER_IDLE_S` (checked on the next HLS request here;
-the registry drops every lease of a session when it ends). A player whose requests land
-on two replicas holds a lease on each: the count errs on the side of the caps.
+player has asked for nothing for `PLAYER_IDLE_S`: by a sweep task that runs while any
+player is held, so a player that simply stops gives its slot back even if no other HLS
+request ever reaches this replica (the registry also drops every lease of a session when
+it ends). A player whose requests land on two replicas holds a lease on each: the count
+errs on the side of the caps.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class HlsPlayers:
         self.idle_s = idle_s
         self._held: dict[PlayerKey, tuple[ReaderLease, float]] = {}
         self._lock = asyncio.Lock()
+        self._sweeper: asyncio.Task | None = None
 
     async def touch(self, key: PlayerKey, open_lease: Callable[[], Awaitable[ReaderLease]]) -> None:
         """Renew `key`'s lease, or open one (ConnectionLimitExceeded when over a cap)."""
@@ -41,6 +44,15 @@ class HlsPlayers:
         async with self._lock:  # a player's first requests (playlist, init) arrive together: one lease
             if key not in self._held:
                 self._held[key] = (await open_lease(), now)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Release quiet players' leases on time; ends once none is held (the next touch starts it again)."""
+        while self._held:
+            due = min(seen for _, seen in self._held.values()) + self.idle_s
+            await asyncio.sleep(max(0.05, due - time.monotonic() + 0.05))  # until the oldest player is due
+            self._expire(time.monotonic())
 
     def _expire(self, now: float) -> None:
         for key, (lease, seen) in list(self._held.items()):
