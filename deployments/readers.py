@@ -119,11 +119,18 @@ class RegistryReaders:
     async def open_reader(self, session_id: str, kind: ReaderKind) -> str:
         """Count one more reader of the session (a lease id), or raise ConnectionLimitExceeded naming the cap.
 
+        A reader of an ended session (its actor lingering for the last chunks) gets a lease id that is
+        not counted: `close_reader` of it is a no-op.
+
         The caps: `max_viewers_per_session` (every kind), and per tenant of the session's
         owner `max_streams` (video) or `max_event_streams` (SSE + WebSocket).
         """
-        rec = self.sessions.get(session_id) or self.ended.get(session_id)
+        rec = self.sessions.get(session_id)
         if rec is None:
+            if session_id in self.ended:
+                # Its readers were dropped when it ended (it has no caps left to keep): a lease counted now
+                # would stay until its reader's release, which a reader that raced the end may never send.
+                return f"ended-{uuid.uuid4().hex}"
             raise SessionNotFound(f"session_id: no session {session_id!r}")
         quota = self.config.quota_of(rec.tenant)
         lease = self.readers.open(

@@ -45,9 +45,8 @@ class HlsRoutes(FrontDoorBase):
         rec, _ = await self._readable(request, session_id)
         if rec.status is SessionStatus.ENDED and await self._lingering_actor(rec) is None:
             raise StreamEnded(f"session_id: session has ended ({rec.end_reason}); see recording.mp4", end_reason=rec.end_reason)
-        if rec.status is not SessionStatus.ENDED:  # the registry dropped an ended session's leases: one opened now would stay
-            player = (session_id, request.client.host if request.client else "", request.headers.get("user-agent", ""))
-            await self.hls_players.touch(player, lambda: self._open_reader(rec, "stream"))
+        player = (session_id, request.client.host if request.client else "", request.headers.get("user-agent", ""))
+        await self.hls_players.touch(player, lambda: self._open_reader(rec, "stream"))
         return await self._wait_active(rec)
 
     async def _hls_call(self, session_id: str, req: HlsRequest) -> HlsReply:

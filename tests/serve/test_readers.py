@@ -70,6 +70,26 @@ def test_open_reader_uses_the_owner_tenants_quota():
     assert exc.limit == "max_event_streams"
 
 
+def test_a_reader_that_races_the_end_of_its_session_is_not_counted_and_leaves_nothing():
+    """Found by the soak: a reader opened after its session ended (an HLS pull while the actor lingers)
+    stayed in the reader table once every session was over, since the end had already dropped the rest."""
+    async def run():
+        reg = SessionRegistry(_config(), kv=MemoryKeyValue())  # no cluster: its state kept in memory
+        sid = "e" * 32
+        reg.sessions[sid] = SessionRecord(sid, "t", "test-pattern", "tok", None, "a", status=SessionStatus.ACTIVE)
+        live = await reg.open_reader(sid, "stream")
+        reg._end_record(sid, "deleted")  # the end drops the live session's readers
+        after = await reg.open_reader(sid, "stream")
+        counts = reg.readers.counts()
+        await reg.close_reader(after)
+        await reg.close_reader(live)  # idempotent after the drop
+        return counts, reg.readers.counts()
+
+    at_end, closed = asyncio.run(run())
+    assert at_end == {"reader_leases": 0, "reader_sessions": 0, "reader_tenants": 0}
+    assert closed == at_end
+
+
 def test_wait_admitted_answers_on_the_change_not_on_a_timer():
     async def run():
         reg = SessionRegistry(_config(), kv=MemoryKeyValue())  # no cluster: its state kept in memory
