@@ -125,12 +125,13 @@ def bench_viewers(counts: list[int], chunks: int, formats: list[str], h: int, w:
     import ray
     from ray import cloudpickle, serve
 
+    from deployments.local_ray import start_local_ray
     from deployments.naming import NAMESPACE, session_actor_name
     from deployments.relay import Relay
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    start_local_ray(tries=5, address="local", num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
+                    log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     try:
         relay = serve.run(
             Relay.options(num_replicas=1, ray_actor_options={"num_cpus": 0.5}).bind(pace_mjpeg=False, viewer_queue_chunks=64),

@@ -551,6 +551,7 @@ def main() -> None:
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.local_ray import start_local_ray
     from deployments.naming import NAMESPACE, registry_actor_name
     from helios.pipeline.tiny import make_tiny_pipeline
 
@@ -560,8 +561,8 @@ def main() -> None:
         env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     with tempfile.TemporaryDirectory(prefix="helios-soak-") as tmp:
         tiny = make_tiny_pipeline(os.path.join(tmp, "tiny"), seed=0)
-        ray.init(address="local", num_cpus=4, object_store_memory=256 * MB, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": env})
+        start_local_ray(tries=5, address="local", num_cpus=4, object_store_memory=256 * MB, include_dashboard=False,
+                        log_to_driver=False, runtime_env={"env_vars": env})
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(build_app(serving_config(str(tiny), key, admin)), name="helios", route_prefix="/")
